@@ -42,7 +42,7 @@ class ProgressReporter:
             self._progress.start()
             self._task = self._progress.add_task("render", total=self.total, completed=done + failed, stats=self._stats())
         else:
-            self.console.print(f"[turbo-batch] {self.total} rows: {done} already done, {failed} invalid", highlight=False)
+            self.console.print(f"[turbo-batch] {self.total} rows: {done} already done, {failed} invalid", highlight=False, markup=False)
 
     def update(self, done_inc: int = 0, failed_inc: int = 0, inflight: int | None = None):
         self.done += done_inc
@@ -53,7 +53,7 @@ class ProgressReporter:
             self._progress.update(self._task, completed=self.done + self.failed, stats=self._stats())
         elif time.time() - self._last_log >= self.log_every or (done_inc or failed_inc) and self.done + self.failed == self.total:
             self._last_log = time.time()
-            self.console.print(f"[turbo-batch] {self.done + self.failed}/{self.total}  {self._stats()}", highlight=False)
+            self.console.print(f"[turbo-batch] {self.done + self.failed}/{self.total}  {self._stats()}", highlight=False, markup=False)
 
     def log(self, message: str):
         self.console.print(f"[turbo-batch] {message}", highlight=False, markup=False)

@@ -161,9 +161,10 @@ def load_strict(
         if t is None:
             t = torch.zeros(ref.shape, dtype=ref.dtype if ref.dtype != torch.float64 else torch.float32)
         target_dtype = t.dtype
-        if dtype is not None and t.is_floating_point() and not k.endswith(keep):
+        castable = t.is_floating_point() and t.element_size() > 1 and not k.endswith("weight_scale")  # fp8 + scales stay
+        if dtype is not None and castable and not k.endswith(keep):
             target_dtype = dtype
-        elif t.is_floating_point() and k.endswith(keep):
+        elif castable and k.endswith(keep):
             target_dtype = torch.float32
         filled[k] = t.to(device=device or "cpu", dtype=target_dtype)
     module.load_state_dict(filled, strict=True, assign=True)

@@ -1,0 +1,249 @@
+"""Specification of the fused DiT elementwise kernels: modulated LayerNorm, gated residual, RMSNorm + 3D RoPE.
+
+The torch references state the dtype semantics of Wan/TurboDiffusion; the Triton kernels must match them
+(bit for bit for the gated residual, within one final rounding for the reductions) in the interpreter on
+CPU and on CUDA, and repeat their bits run to run."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kernels.norms import (
+    gated_residual,
+    gated_residual_ref,
+    layernorm_modulate,
+    layernorm_modulate_ref,
+    rmsnorm_rope,
+    rmsnorm_rope_ref,
+    rope_cos_sin,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def make_inputs(B, L, C, heads, dtype, seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(B, L, C, generator=g) * 2 + 0.5).to(dtype)
+    y = torch.randn(B, L, C, generator=g).to(dtype)
+    shift = 0.1 * torch.randn(B, 1, C, generator=g)
+    scale = 0.1 * torch.randn(B, 1, C, generator=g)
+    gate = torch.randn(B, 1, C, generator=g)
+    weight = 1 + 0.1 * torch.randn(C, generator=g)
+    return [t.to(device) for t in (x, y, shift, scale, gate, weight)]
+
+
+def within_one_rounding(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal up to one ulp of a bf16 output (reductions in another order may flip the last bit), or to a few
+    ulps of an fp32 one."""
+    rel = 2.0**-7 if b.dtype == torch.bfloat16 else 2.0**-20
+    return bool(((a.float() - b.float()).abs() <= b.float().abs() * rel + 1e-6).all())
+
+
+def mismatch(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a != b).float().mean().item()
+
+
+# ============================================================================================ references
+def test_layernorm_modulate_ref_is_wans_fp32_norm_rounded_then_fp32_modulation():
+    x, _, shift, scale, _, _ = make_inputs(2, 5, 48, 3, torch.bfloat16)
+    normed = F.layer_norm(x.float(), (48,), eps=1e-6).type_as(x)  # WanLayerNorm
+    want = (normed.float() * (1 + scale) + shift).type_as(x)  # TurboDiffusion's block
+    got = layernorm_modulate_ref(x, shift, scale, 1e-6)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want)
+    assert torch.equal(layernorm_modulate_ref(x, shift[:, 0], scale[:, 0]), got)  # [B, C] == [B, 1, C]
+    assert layernorm_modulate_ref(x.float(), shift, scale, out_dtype=torch.bfloat16).dtype == torch.bfloat16
+
+
+def test_gated_residual_ref_follows_torch_promotion_fp32_for_wan_and_bf16_for_turbo():
+    x, y, _, _, gate, _ = make_inputs(2, 5, 48, 3, torch.bfloat16)
+    wan = gated_residual_ref(x, y, gate)  # Wan: fp32 gate -> fp32 stream
+    assert wan.dtype == torch.float32 and torch.equal(wan, x + y * gate)
+    turbo = gated_residual_ref(x, y, gate.to(x.dtype))  # Turbo: e.type_as(x)
+    assert turbo.dtype == torch.bfloat16 and torch.equal(turbo, x + y * gate.bfloat16())
+
+
+def test_rope_tables_split_pairs_22_21_21_for_head_dim_128_in_t_h_w_raster_order():
+    cos, sin = rope_cos_sin(3, 4, 5, 128)
+    assert cos.shape == sin.shape == (60, 64) and cos.dtype == torch.float32
+    angles = torch.atan2(sin.double(), cos.double())
+    tok = lambda t, h, w: (t * 4 + h) * 5 + w  # noqa: E731
+    # pair 0 is the t axis (freq 1), pair 22 the h axis, pair 43 the w axis: each moves only with its own axis
+    assert angles[tok(1, 0, 0), 0] == pytest.approx(1.0) and angles[tok(0, 1, 0), 0] == 0
+    assert angles[tok(0, 1, 0), 22] == pytest.approx(1.0) and angles[tok(1, 0, 1), 22] == 0
+    assert angles[tok(0, 0, 1), 43] == pytest.approx(1.0) and angles[tok(1, 1, 0), 43] == 0
+    assert angles[tok(2, 0, 0), 21] == pytest.approx(2 * 10000 ** (-42 / 44), rel=1e-6)  # last t pair
+
+
+def wan_rope_apply_float64(x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+    """Wan2.1's complex-number RoPE (rope_params per axis, freqs split c-2(c//3), c//3, c//3), float64."""
+    B, L, H, D = x.shape
+    c = D // 2
+
+    def params(dim):
+        f = torch.outer(torch.arange(64, dtype=torch.float64), 1.0 / 10000 ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+        return torch.polar(torch.ones_like(f), f)
+
+    freqs = torch.cat([params(D - 4 * (D // 6)), params(2 * (D // 6)), params(2 * (D // 6))], dim=1)
+    ft, fh, fw = freqs.split([c - 2 * (c // 3), c // 3, c // 3], dim=1)
+    f, h, w = grid
+    fi = torch.cat([ft[:f].view(f, 1, 1, -1).expand(f, h, w, -1), fh[:h].view(1, h, 1, -1).expand(f, h, w, -1),
+                    fw[:w].view(1, 1, w, -1).expand(f, h, w, -1)], dim=-1).reshape(L, 1, -1)
+    xc = torch.view_as_complex(x.double().reshape(B, L, H, -1, 2))
+    return torch.view_as_real(xc * fi).flatten(3)
+
+
+def test_rmsnorm_rope_ref_is_wans_rmsnorm_then_wans_complex_rope():
+    B, H, D, grid = 2, 2, 24, (2, 3, 4)
+    L = grid[0] * grid[1] * grid[2]
+    x, _, _, _, _, weight = make_inputs(B, L, H * D, H, torch.float32)
+    cos, sin = rope_cos_sin(*grid, D)
+    xf = x.float()
+    normed = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6)).type_as(x) * weight  # WanRMSNorm
+    want = wan_rope_apply_float64(normed.view(B, L, H, D), grid)
+    got = rmsnorm_rope_ref(x, weight, cos, sin, H)
+    assert got.shape == (B, L, H, D)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_references_agree_with_the_turbo_batch_dit_layers():
+    """The DiT (turbo_batch/models/dit.py) can swap its norm/modulate/rope/residual lines for these ops:
+    modulate and residual bit for bit; its RMSNorm (one rounding, after the weight) within one rounding."""
+    dit = pytest.importorskip("turbo_batch.models.dit")
+    B, H, D, grid = 2, 2, 16, (2, 2, 3)
+    L = 12
+    for dtype in (torch.float32, torch.bfloat16):
+        x, y, shift, scale, gate, weight = make_inputs(B, L, H * D, H, dtype, seed=3)
+        ln = dit.LayerNorm(H * D, 1e-6, elementwise_affine=False)
+        assert torch.equal(layernorm_modulate_ref(x, shift, scale), dit.modulate(ln(x), shift, scale))
+        assert torch.equal(gated_residual_ref(x, y, gate.to(dtype)), x + y * gate.to(dtype))
+        rms = dit.RMSNorm(H * D, 1e-6)
+        rms.weight.data.copy_(weight)
+        no_rotation = torch.ones(L, D // 2), torch.zeros(L, D // 2)
+        normed = rmsnorm_rope_ref(x, rms.weight, *no_rotation, H, weight_in_fp32=True).flatten(2)
+        assert within_one_rounding(normed, rms(x))
+    tables = dit.rope_tables(D, grid, "cpu")
+    cos, sin = (tables.real, tables.imag) if torch.is_tensor(tables) else tables
+    c2, s2 = rope_cos_sin(*grid, D)
+    torch.testing.assert_close(cos.reshape(L, D // 2).float(), c2, rtol=0, atol=1e-7)
+    torch.testing.assert_close(sin.reshape(L, D // 2).float(), s2, rtol=0, atol=1e-7)
+
+
+def test_public_ops_on_cpu_are_the_references():
+    x, y, shift, scale, gate, weight = make_inputs(1, 6, 32, 2, torch.bfloat16)
+    cos, sin = rope_cos_sin(1, 2, 3, 16)
+    assert torch.equal(layernorm_modulate(x, shift, scale), layernorm_modulate_ref(x, shift, scale))
+    assert torch.equal(gated_residual(x, y, gate), gated_residual_ref(x, y, gate))
+    assert torch.equal(rmsnorm_rope(x, weight, cos, sin, 2), rmsnorm_rope_ref(x, weight, cos, sin, 2))
+    out = x.clone()
+    gated_residual(out, y, gate.bfloat16(), out=out)
+    assert torch.equal(out, gated_residual_ref(x, y, gate.bfloat16()))
+
+
+# ============================================================================================ Triton (interpreter)
+INTERPRET_SCRIPT = textwrap.dedent(
+    """
+    import json, torch
+    from kernels import norms as N
+    from tests.test_norms import make_inputs, within_one_rounding, mismatch
+    bf16, f32 = torch.bfloat16, torch.float32
+    out = {}
+    B, H, D = 2, 3, 32
+    cos, sin = N.rope_cos_sin(2, 2, 3, D)
+    L = 12
+    for xd in (bf16, f32):
+        x, y, shift, scale, gate, weight = make_inputs(B, L, H * D, H, xd, seed=7)
+        for od in (None, bf16):
+            a = N.layernorm_modulate_triton(x, shift, scale, 1e-6, od)
+            b = N.layernorm_modulate_ref(x, shift[:, 0], scale, 1e-6, od)
+            out[f"ln_{xd}_{od}"] = [a.dtype == b.dtype, within_one_rounding(a, b), mismatch(a, b) if b.dtype == bf16 else 0.0]
+        for yd, gd in ((bf16, bf16), (bf16, f32), (f32, f32), (f32, bf16)):
+            yy, gg = y.to(yd), gate.to(gd)
+            a, b = N.gated_residual_triton(x, yy, gg), N.gated_residual_ref(x, yy, gg)
+            out[f"gr_{xd}_{yd}_{gd}"] = [a.dtype == b.dtype, bool(torch.equal(a, b)), 0.0]
+        for wd in (f32, bf16):
+            for fused_w in (False, True):
+                a = N.rmsnorm_rope_triton(x, weight.to(wd), cos, sin, H, 1e-6, None, fused_w)
+                b = N.rmsnorm_rope_ref(x, weight.to(wd), cos, sin, H, 1e-6, None, fused_w)
+                ok = a.dtype == b.dtype and a.shape == b.shape
+                out[f"rr_{xd}_{wd}_{fused_w}"] = [ok, within_one_rounding(a, b), mismatch(a, b) if b.dtype == bf16 else 0.0]
+    x, y, _, _, gate, _ = make_inputs(B, L, H * D, H, bf16, seed=8)
+    want = N.gated_residual_ref(x, y, gate.to(bf16))
+    N.gated_residual_triton(x, y, gate.to(bf16), out=x)
+    out["gr_in_place"] = [True, bool(torch.equal(x, want)), 0.0]
+    print("RESULT" + json.dumps(out))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def interpreted():
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", INTERPRET_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
+    assert proc.returncode == 0 and line, proc.stderr[-3000:]
+    return json.loads(line[0][len("RESULT"):])
+
+
+def test_layernorm_modulate_kernel_in_interpreter_mode_matches_the_reference_within_one_rounding(interpreted):
+    cases = {k: v for k, v in interpreted.items() if k.startswith("ln_")}
+    assert len(cases) == 4
+    for name, (dtype_ok, close, frac) in cases.items():
+        assert dtype_ok and close and frac < 0.05, (name, frac)
+
+
+def test_gated_residual_kernel_in_interpreter_mode_is_bitwise_the_reference_for_every_dtype_mix(interpreted):
+    cases = {k: v for k, v in interpreted.items() if k.startswith("gr_")}
+    assert len(cases) == 9
+    for name, (dtype_ok, equal, _) in cases.items():
+        assert dtype_ok and equal, name
+
+
+def test_rmsnorm_rope_kernel_in_interpreter_mode_matches_the_reference_within_one_rounding(interpreted):
+    cases = {k: v for k, v in interpreted.items() if k.startswith("rr_")}
+    assert len(cases) == 8
+    for name, (dtype_ok, close, frac) in cases.items():
+        assert dtype_ok and close and frac < 0.05, (name, frac)
+
+
+# ============================================================================================ GPU
+DIT_SHAPES = [(1, 4096, 1536, 12), (2, 1000, 5120, 40)]
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("B,L,C,H", DIT_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fused_norm_kernels_on_cuda_match_the_references(B, L, C, H, dtype):
+    x, y, shift, scale, gate, weight = make_inputs(B, L, C, H, dtype, device="cuda")
+    cos, sin = rope_cos_sin(1, 1, L, C // H, device="cuda")
+    for od in (None, torch.bfloat16):
+        a, b = layernorm_modulate(x, shift, scale, 1e-6, od), layernorm_modulate_ref(x, shift, scale, 1e-6, od)
+        assert within_one_rounding(a, b) and (a.dtype == torch.float32 or mismatch(a, b) < 0.02)
+    for gd in (torch.float32, dtype):
+        assert torch.equal(gated_residual(x, y, gate.to(gd)), gated_residual_ref(x, y, gate.to(gd)))
+    for w in (weight, weight.to(dtype)):
+        for fused_w in (False, True):
+            a = rmsnorm_rope(x, w, cos, sin, H, weight_in_fp32=fused_w)
+            b = rmsnorm_rope_ref(x, w, cos, sin, H, weight_in_fp32=fused_w)
+            assert within_one_rounding(a, b) and (a.dtype == torch.float32 or mismatch(a, b) < 0.02)
+
+
+@pytest.mark.gpu
+@cuda
+def test_fused_norm_kernels_on_cuda_give_the_same_bits_twice():
+    B, L, C, H = DIT_SHAPES[0]
+    x, y, shift, scale, gate, weight = make_inputs(B, L, C, H, torch.bfloat16, device="cuda")
+    cos, sin = rope_cos_sin(1, 1, L, C // H, device="cuda")
+    for fn in (lambda: layernorm_modulate(x, shift, scale), lambda: gated_residual(x, y, gate),
+               lambda: rmsnorm_rope(x, weight, cos, sin, H)):
+        assert torch.equal(fn(), fn())

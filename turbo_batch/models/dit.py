@@ -1,0 +1,304 @@
+"""The Wan2.1 / Wan2.2 diffusion transformer (T2V and the 36-channel I2V experts), in one file.
+
+Module and parameter names are the official Wan checkpoint keys, so official safetensors load with no renaming;
+TurboDiffusion checkpoints add one SLA projection per layer, `blocks.{i}.self_attn.attn_op.local_attn.proj_l`,
+which is always present here (unused by dense attention).
+
+Numerics follow TurboDiffusion's Wan network (rcm/networks/wan2pt1.py, wan2pt2.py), the code the Turbo
+checkpoints were distilled and run with: weights and matmuls in the model dtype; time embedding, modulation
+tables, norms, RoPE and the output head in float32 (Wan's `autocast(dtype=float32)` regions); the residual
+stream in the model dtype. In float32 everything is float32.
+
+Batch invariance: no op mixes batch elements, and the tiny time-embedding MLP runs one row at a time, so a
+row's output does not depend on which other rows share its batch (checked bit-for-bit on CPU by the tests).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import BACKENDS, attention
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    dim: int
+    ffn_dim: int
+    num_heads: int
+    num_layers: int
+    in_dim: int = 16
+    out_dim: int = 16
+    freq_dim: int = 256
+    text_dim: int = 4096
+    text_len: int = 512
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    eps: float = 1e-6
+
+    @classmethod
+    def from_dict(cls, mapping: Mapping) -> "DiTConfig":
+        """A config from a preset's `dit` section; keys that are not fields are ignored."""
+        names = {f.name for f in fields(cls)}
+        kwargs = {k: mapping[k] for k in mapping if k in names}
+        if "patch_size" in kwargs:
+            kwargs["patch_size"] = tuple(int(p) for p in kwargs["patch_size"])
+        return cls(**kwargs)
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def fp32_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """`linear(x)` computed in float32 whatever the weight dtype (Wan's float32 autocast regions)."""
+    bias = linear.bias.float() if linear.bias is not None else None
+    return F.linear(x.float(), linear.weight.float(), bias)
+
+
+def modulate(normed: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """AdaLN: normed * (1 + scale) + shift in float32, returned in the activation dtype."""
+    return (normed.float() * (1 + scale) + shift).to(normed.dtype)
+
+
+def sinusoidal_embedding(dim: int, t: torch.Tensor) -> torch.Tensor:
+    """Wan's timestep embedding [cos | sin] of t * 10000^(-i/half), computed in float64, returned in float32."""
+    half = dim // 2
+    t = t.to(torch.float64)
+    angles = torch.outer(t, torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device) / half))
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1).float()
+
+
+def rope_pairs(head_dim: int) -> tuple[int, int, int]:
+    """Complex pairs per axis (t, h, w): h and w get (d/2)//3 each, t the rest (22/21/21 for d=128)."""
+    c = head_dim // 2
+    return c - 2 * (c // 3), c // 3, c // 3
+
+
+def rope_tables(head_dim: int, grid: tuple[int, int, int], device, theta: float = 10000.0) -> torch.Tensor:
+    """Unit complex rotations [L, 1, head_dim/2] (complex64, angles in float64) for tokens in (t, h, w) order."""
+    tables = []
+    for pairs, length in zip(rope_pairs(head_dim), grid):
+        inv_freq = 1.0 / theta ** (torch.arange(0, 2 * pairs, 2, dtype=torch.float64) / (2 * pairs))
+        tables.append(torch.outer(torch.arange(length, dtype=torch.float64), inv_freq))
+    t, h, w = grid
+    angles = torch.cat(
+        [
+            tables[0][:, None, None, :].expand(t, h, w, -1),
+            tables[1][None, :, None, :].expand(t, h, w, -1),
+            tables[2][None, None, :, :].expand(t, h, w, -1),
+        ],
+        dim=-1,
+    ).reshape(t * h * w, 1, -1)
+    return torch.polar(torch.ones_like(angles), angles).to(torch.complex64).to(device)
+
+
+def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs (x[2i], x[2i+1]) of x [B, L, H, D] as complex numbers, in float32."""
+    rotated = torch.view_as_complex(x.float().unflatten(-1, (-1, 2))) * rope
+    return torch.view_as_real(rotated).flatten(-2).to(x.dtype)
+
+
+# ------------------------------------------------------------------------------------------------ layers
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in float32, output in the input dtype (Wan's WanLayerNorm)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.float() if self.weight is not None else None
+        bias = self.bias.float() if self.bias is not None else None
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm over the full model dim (qk-norm across heads), in float32."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
+
+
+class Float32Linear(nn.Linear):
+    """A Linear whose parameters stay float32 through `model.to(dtype)` (SLA's proj_l is trained in fp32)."""
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        for p in self.parameters(recurse=False):
+            if p.is_floating_point() and p.dtype != torch.float32:
+                p.data = p.data.float()
+        return self
+
+
+class LinearBranch(nn.Module):
+    """Holds SLA's linear-attention output projection at the checkpoint path `attn_op.local_attn.proj_l`."""
+
+    def __init__(self, head_dim: int):
+        super().__init__()
+        self.proj_l = Float32Linear(head_dim, head_dim)
+
+
+class SelfAttentionOp(nn.Module):
+    """The switchable self-attention kernel (dense / sla / sla_ref) with its SLA parameters."""
+
+    def __init__(self, head_dim: int):
+        super().__init__()
+        self.local_attn = LinearBranch(head_dim)
+        self.backend = "dense"
+        self.topk = 0.1
+
+    def forward(self, q, k, v):
+        return attention(q, k, v, self.backend, proj_l=self.local_attn.proj_l, topk=self.topk)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, eps: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.norm_q = RMSNorm(dim, eps)
+        self.norm_k = RMSNorm(dim, eps)
+        self.attn_op = SelfAttentionOp(dim // num_heads)
+
+    def forward(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+        heads = (self.num_heads, -1)
+        q = apply_rope(self.norm_q(self.q(x)).unflatten(2, heads), rope)
+        k = apply_rope(self.norm_k(self.k(x)).unflatten(2, heads), rope)
+        v = self.v(x).unflatten(2, heads)
+        return self.o(self.attn_op(q, k, v).flatten(2))
+
+
+class CrossAttention(nn.Module):
+    """Video tokens attend to the (zero-padded, unmasked) text context; always dense."""
+
+    def __init__(self, dim: int, num_heads: int, eps: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.norm_q = RMSNorm(dim, eps)
+        self.norm_k = RMSNorm(dim, eps)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        heads = (self.num_heads, -1)
+        q = self.norm_q(self.q(x)).unflatten(2, heads)
+        k = self.norm_k(self.k(context)).unflatten(2, heads)
+        v = self.v(context).unflatten(2, heads)
+        return self.o(attention(q, k, v, "dense").flatten(2))
+
+
+class Block(nn.Module):
+    """AdaLN block: self-attn (6-way modulated), cross-attn (affine norm3), GELU(tanh) FFN (modulated)."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        dim = cfg.dim
+        self.norm1 = LayerNorm(dim, cfg.eps, elementwise_affine=False)
+        self.self_attn = SelfAttention(dim, cfg.num_heads, cfg.eps)
+        self.norm3 = LayerNorm(dim, cfg.eps, elementwise_affine=True)
+        self.cross_attn = CrossAttention(dim, cfg.num_heads, cfg.eps)
+        self.norm2 = LayerNorm(dim, cfg.eps, elementwise_affine=False)
+        self.ffn = nn.Sequential(nn.Linear(dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, dim))
+        self.modulation = nn.Parameter(torch.zeros(1, 6, dim))
+
+    def forward(self, x, e6, context, rope):
+        shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (self.modulation.float() + e6).chunk(6, dim=1)
+        x = x + self.self_attn(modulate(self.norm1(x), shift_sa, scale_sa), rope) * gate_sa.to(x.dtype)
+        x = x + self.cross_attn(self.norm3(x), context)
+        x = x + self.ffn(modulate(self.norm2(x), shift_ff, scale_ff)) * gate_ff.to(x.dtype)
+        return x
+
+
+class Head(nn.Module):
+    """Final AdaLN (2-way modulation) and projection to patch pixels, in float32."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.norm = LayerNorm(cfg.dim, cfg.eps, elementwise_affine=False)
+        self.head = nn.Linear(cfg.dim, math.prod(cfg.patch_size) * cfg.out_dim)
+        self.modulation = nn.Parameter(torch.zeros(1, 2, cfg.dim))
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        shift, scale = (self.modulation.float() + e.unsqueeze(1)).chunk(2, dim=1)
+        return fp32_linear(self.head, self.norm(x).float() * (1 + scale) + shift)
+
+
+# ------------------------------------------------------------------------------------------------ model
+class WanDiT(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        if cfg.dim % cfg.num_heads or cfg.head_dim % 2:
+            raise ValueError(f"dim {cfg.dim} must split into {cfg.num_heads} heads of even size")
+        self.cfg = cfg
+        self.patch_embedding = nn.Conv3d(cfg.in_dim, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.text_embedding = nn.Sequential(
+            nn.Linear(cfg.text_dim, cfg.dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.dim, cfg.dim)
+        )
+        self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim))
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.head = Head(cfg)
+        self._rope_cache: dict = {}  # not a buffer: the model is built on the meta device
+
+    def set_attention(self, backend: str, topk: float = 0.1) -> None:
+        """Choose the self-attention kernel of every block; cross-attention stays dense."""
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        for block in self.blocks:
+            block.self_attn.attn_op.backend = backend
+            block.self_attn.attn_op.topk = float(topk)
+
+    def rope(self, grid: tuple[int, int, int], device) -> torch.Tensor:
+        key = (*grid, str(device))
+        if key not in self._rope_cache:
+            self._rope_cache[key] = rope_tables(self.cfg.head_dim, grid, device)
+        return self._rope_cache[key]
+
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, T, H, W] -> tokens [B, L, dim]: the Conv3d as one GEMM over (c, kt, kh, kw) patches."""
+        b, c, t, h, w = x.shape
+        kt, kh, kw = self.cfg.patch_size
+        x = x.view(b, c, t // kt, kt, h // kh, kh, w // kw, kw).permute(0, 2, 4, 6, 1, 3, 5, 7)
+        x = x.reshape(b, -1, c * kt * kh * kw)
+        return F.linear(x, self.patch_embedding.weight.flatten(1), self.patch_embedding.bias)
+
+    def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """Head output [B, L, (kt kh kw c)] -> [B, c, T, H, W]."""
+        kt, kh, kw = self.cfg.patch_size
+        t, h, w = grid
+        x = x.view(x.shape[0], t, h, w, kt, kh, kw, self.cfg.out_dim).permute(0, 7, 1, 4, 2, 5, 3, 6)
+        return x.reshape(x.shape[0], self.cfg.out_dim, t * kt, h * kh, w * kw)
+
+    def time_embed(self, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(e [B, dim], e6 [B, 6, dim]) in float32, one row at a time so a row never depends on its batch."""
+        rows = []
+        for t in timestep.reshape(-1, 1):
+            emb = sinusoidal_embedding(self.cfg.freq_dim, t)
+            e = fp32_linear(self.time_embedding[2], F.silu(fp32_linear(self.time_embedding[0], emb)))
+            rows.append((e, fp32_linear(self.time_projection[1], F.silu(e))))
+        e = torch.cat([r[0] for r in rows])
+        return e, torch.cat([r[1] for r in rows]).unflatten(1, (6, self.cfg.dim))
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Velocity [B, out_dim, T, H, W] (float32) for latents x [B, in_dim, T, H, W] at `timestep` [B]
+        (0..1000 scale) given text context [B, L<=text_len, text_dim] (zero-padded here to text_len)."""
+        cfg = self.cfg
+        dtype = self.patch_embedding.weight.dtype
+        if x.shape[1] != cfg.in_dim:
+            raise ValueError(f"input has {x.shape[1]} channels, this DiT takes {cfg.in_dim}")
+        if context.shape[1] > cfg.text_len:
+            raise ValueError(f"context has {context.shape[1]} tokens, more than text_len {cfg.text_len}")
+        grid = tuple(n // p for n, p in zip(x.shape[2:], cfg.patch_size))
+        h = self.patchify(x.to(dtype))
+        e, e6 = self.time_embed(timestep.to(x.device))
+        context = F.pad(context.to(dtype), (0, 0, 0, cfg.text_len - context.shape[1]))
+        context = self.text_embedding(context)
+        rope = self.rope(grid, x.device)
+        for block in self.blocks:
+            h = block(h, e6, context, rope)
+        return self.unpatchify(self.head(h, e), grid)
