@@ -73,6 +73,7 @@ def render(manifest_uri: str, out_uri: str, cfg: DictConfig, *, address: str | N
     runtime = ray.get(ray.remote(describe_runtime).options(num_gpus=gpus_per_actor, num_cpus=0).remote(cfg_yaml))
     rt_id = runtime_id(runtime)
     store = Store(out_uri)
+    store.write_bytes("config.yaml", cfg_yaml.encode())  # what `verify` needs to re-render rows exactly
 
     from .models.loader import weights_id
 

@@ -1,0 +1,167 @@
+"""Whole DiT forward on one GPU: bf16 dense, FP8, SLA, FP8 + SLA, beside diffusers, with a time breakdown.
+
+Random weights (speed does not depend on values). For each variant: median forward time, peak memory, relative
+error against our bf16 dense output, and a profiler breakdown of GPU time into linear (GEMM + FP8 quant),
+attention (SDPA / SLA kernels and router) and other (norms, modulation, RoPE, elementwise).
+
+    python bench/bench_forward.py --model 1.3b --res 480p
+    python bench/bench_forward.py --model 14b --res 720p --variants fp8+sla --no-diffusers
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+
+from turbo_batch.models.dit import DiTConfig  # noqa: E402
+from turbo_batch.models.dit_checkpoints import random_dit  # noqa: E402
+from turbo_batch.models.quantize import quantize_linears_  # noqa: E402
+
+MODELS = {"1.3b": dict(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
+          "14b": dict(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)}
+LATENT = {"480p": (60, 104), "720p": (90, 160)}
+VARIANTS = {"bf16": ("dense", False), "fp8": ("dense", True), "sla": ("sla", False), "fp8+sla": ("sla", True)}
+
+
+def timed(fn, warmup=2, iters=5):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def category(name: str) -> str:
+    n = name.lower()
+    if any(s in n for s in ("gemm", "cutlass", "xmma", "scaled_mm", "sm90_", "nvjet", "quant", "cublas", "matmul")):
+        return "linear"
+    if any(s in n for s in ("flash", "attn", "attention", "sla", "fmha", "topk", "router", "_sparse", "linear_branch")):
+        return "attention"
+    return "other"
+
+
+def breakdown(fn) -> dict:
+    """GPU time per category over one forward, from the profiler's kernel list."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    out = {"linear": 0.0, "attention": 0.0, "other": 0.0}
+    top = {}
+    for evt in prof.key_averages():
+        t = getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0.0)
+        if t <= 0 or evt.key.startswith("ProfilerStep") or str(getattr(evt, "device_type", "")).endswith("CPU"):
+            continue
+        c = category(evt.key)
+        out[c] += t / 1000.0
+        top[evt.key] = t / 1000.0
+    out["top"] = sorted(top.items(), key=lambda kv: -kv[1])[:8]
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", choices=sorted(MODELS), default="1.3b")
+    ap.add_argument("--res", choices=sorted(LATENT), default="480p")
+    ap.add_argument("--frames", type=int, default=81)
+    ap.add_argument("--topk", type=float, default=0.1)
+    ap.add_argument("--variants", default="bf16,fp8,sla,fp8+sla")
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--no-diffusers", action="store_true")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    torch.manual_seed(0)
+    cfg = DiTConfig(**MODELS[args.model])
+    h, w = LATENT[args.res]
+    t = 1 + (args.frames - 1) // 4
+    dev = "cuda"
+    x = torch.randn(1, 16, t, h, w, device=dev, dtype=torch.bfloat16)
+    ts = torch.tensor([900.0], device=dev)
+    ctx = torch.randn(1, 512, 4096, device=dev, dtype=torch.bfloat16)
+    tokens = t * h * w // 4
+    print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | Wan {args.model} {args.res} {args.frames}f "
+          f"= {tokens} tokens | SLA topk {args.topk}")
+    results = []
+    ref = None
+    iters = args.iters if args.model == "1.3b" else min(args.iters, 3)
+
+    if not args.no_diffusers:
+        from bench_dit import diffusers_twin
+
+        model = random_dit(cfg, 0, device=dev, dtype=torch.bfloat16, on_device=True)
+        theirs = diffusers_twin(model, cfg, dev)
+        del model
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        with torch.no_grad():
+            fn = lambda: theirs(x, ts, ctx, return_dict=False)[0]  # noqa: E731
+            ms = timed(fn, iters=iters)
+            parts = breakdown(fn)
+        results.append({"variant": "diffusers bf16", "ms": ms, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+                        "rel_err": None, **{k: parts[k] for k in ("linear", "attention", "other")}})
+        del theirs
+        gc.collect()
+        torch.cuda.empty_cache()
+
+    for name in args.variants.split(","):
+        backend, fp8 = VARIANTS[name]
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        model = random_dit(cfg, 0, device=dev, dtype=torch.bfloat16, on_device=True).eval().requires_grad_(False)
+        if fp8:
+            quantize_linears_(model)
+        model.set_attention(backend, args.topk)
+        weights_gib = torch.cuda.memory_allocated() / 2**30
+        with torch.no_grad():
+            fn = lambda: model(x, ts, ctx)  # noqa: E731
+            out = fn()
+            if ref is None and name == "bf16":
+                ref = out.float()
+            err = ((out.float() - ref).norm() / ref.norm()).item() if ref is not None else None
+            again = fn()
+            same_bits = torch.equal(out, again)
+            ms = timed(fn, iters=iters)
+            parts = breakdown(fn)
+        results.append({"variant": f"ours {name}", "ms": ms, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+                        "weights_gib": weights_gib, "rel_err": err, "same_bits_twice": same_bits,
+                        "finite": bool(torch.isfinite(out).all()), **{k: parts[k] for k in ("linear", "attention", "other")},
+                        "top": parts["top"]})
+        del model, out, again
+        gc.collect()
+
+    base = results[0]["ms"]
+    print(f"\n{'variant':<20}{'ms':>9}{'speedup':>9}{'linear':>9}{'attn':>9}{'other':>9}{'peak GiB':>10}{'rel err':>10}{'bits':>6}")
+    for r in results:
+        err = "-" if r["rel_err"] is None else f"{r['rel_err']:.2e}"
+        bits = "-" if "same_bits_twice" not in r else ("same" if r["same_bits_twice"] else "DIFF")
+        print(f"{r['variant']:<20}{r['ms']:>9.1f}{base / r['ms']:>8.2f}x{r['linear']:>9.1f}{r['attention']:>9.1f}"
+              f"{r['other']:>9.1f}{r['peak_gib']:>10.2f}{err:>10}{bits:>6}")
+    print("(ms: median forward; linear/attn/other: profiler GPU ms in one forward; rel err vs ours bf16 dense;"
+          " speedup vs the first row)")
+    for r in results:
+        if "top" in r:
+            print(f"top kernels {r['variant']}: " + "; ".join(f"{k[:60]} {v:.1f}" for k, v in r["top"][:6]))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2, default=str)
+
+
+if __name__ == "__main__":
+    main()

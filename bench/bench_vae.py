@@ -1,0 +1,166 @@
+"""Wan2.1 VAE decode benchmark on one GPU: turbo_batch's WanVAE vs diffusers' AutoencoderKLWan, same weights.
+
+Real-size VAE (base_dim 96), random bf16 weights (speed does not depend on their values). diffusers' model
+holds the SAME weight tensors (ours renamed by `to_diffusers_state_dict`), so agreement is checked first
+(relative L2 of the decoded video), then each decode is timed with CUDA events (warmup 1, median of 3) with
+its peak memory. Our model is timed in its default channels-last layout and in plain NCDHW. cuDNN autotuning
+stays off (heuristic algorithm choice is deterministic). Run from the repository root:
+
+    python bench/bench_vae.py                 # 480p, 81 frames: latent [1,16,21,60,104]
+    python bench/bench_vae.py --res 720p      # latent [1,16,21,90,160]
+    python bench/bench_vae.py --res both --encode --profile
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from turbo_batch.models.vae import LATENT_MEAN, LATENT_STD, VAEConfig, WanVAE, random_vae, to_diffusers_state_dict  # noqa: E402
+
+RESOLUTIONS = {"480p": (832, 480), "720p": (1280, 720)}  # (width, height), 16:9
+
+
+def diffusers_twin(model: WanVAE):
+    """diffusers' AutoencoderKLWan wrapping our weight tensors (no copy)."""
+    from diffusers import AutoencoderKLWan
+
+    with torch.device("meta"):
+        twin = AutoencoderKLWan()  # its defaults are the Wan2.1 VAE, like VAEConfig()
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    twin.load_state_dict(to_diffusers_state_dict(sd), strict=True, assign=True)
+    return twin.eval().requires_grad_(False)
+
+
+def time_ms(fn, warmup: int, iters: int) -> tuple[float, float]:
+    """Median milliseconds of `fn()` and peak GiB allocated above the memory already held before it ran."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times), (torch.cuda.max_memory_allocated() - base) / 2**30
+
+
+def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.float(), b.float()
+    return ((a - b).norm() / b.norm()).item()
+
+
+def profile(fn, rows: int = 20) -> None:
+    from torch.profiler import ProfilerActivity, profile as prof
+
+    with prof(activities=[ProfilerActivity.CUDA]) as p:
+        fn()
+        torch.cuda.synchronize()
+    print(p.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=90))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--res", choices=["480p", "720p", "both"], default="480p")
+    ap.add_argument("--frames", type=int, default=81, help="pixel frames (4k+1)")
+    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--encode", action="store_true", help="also time encode (ours vs diffusers)")
+    ap.add_argument("--no-diffusers", action="store_true", help="time only our model")
+    ap.add_argument("--profile", action="store_true", help="print the top CUDA kernels of one decode of ours")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("bench_vae.py needs a CUDA GPU")
+    torch.backends.cudnn.benchmark = False
+    dev = torch.device("cuda")
+    print(f"torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}, {torch.cuda.get_device_name()}")
+
+    t0 = time.time()
+    ours = random_vae(VAEConfig(), seed=0, device=dev, dtype=torch.bfloat16, on_device=True)
+    twin = None if args.no_diffusers else diffusers_twin(ours)
+    print(f"models ready in {time.time() - t0:.1f} s")
+    mean = torch.tensor(LATENT_MEAN, device=dev).view(1, -1, 1, 1, 1)
+    std = torch.tensor(LATENT_STD, device=dev).view(1, -1, 1, 1, 1)
+
+    rows = []
+    for res in (["480p", "720p"] if args.res == "both" else [args.res]):
+        w, h = RESOLUTIONS[res]
+        t = 1 + (args.frames - 1) // 4
+        g = torch.Generator(device=dev).manual_seed(0)
+        z = torch.randn((1, 16, t, h // 8, w // 8), generator=g, device=dev)  # normalised latent
+        z_raw = (z * std + mean).to(torch.bfloat16)  # what diffusers' pipeline hands its VAE
+        shape = f"[1,16,{t},{h // 8},{w // 8}]"
+
+        def ours_decode():
+            return ours.decode(z)
+
+        def twin_decode():
+            with torch.no_grad():
+                return twin.decode(z_raw).sample
+
+        err = "-"
+        if twin is not None:
+            a = ours_decode()
+            b = twin_decode()
+            err = f"{rel_l2(a, b):.2e}"
+            print(f"{res}: decoded {tuple(a.shape)}, rel L2 ours vs diffusers {err}, "
+                  f"max|diff| {(a - b.float()).abs().max().item():.3f}")
+            del a, b
+        ours.channels_last = True
+        ms, gib = time_ms(ours_decode, args.warmup, args.iters)
+        rows.append((res, "decode", "ours (channels-last)", shape, ms, gib, err))
+        if args.profile:
+            profile(ours_decode)
+        ours.channels_last = False
+        ms, gib = time_ms(ours_decode, args.warmup, args.iters)
+        rows.append((res, "decode", "ours (NCDHW)", shape, ms, gib, err))
+        ours.channels_last = None
+        if twin is not None:
+            ms, gib = time_ms(twin_decode, args.warmup, args.iters)
+            rows.append((res, "decode", "diffusers", shape, ms, gib, err))
+
+        if args.encode:
+            video = ours.decode(z)
+            vshape = f"[1,3,{video.shape[2]},{h},{w}]"
+
+            def ours_encode():
+                return ours.encode(video)
+
+            def twin_encode():
+                with torch.no_grad():
+                    return twin.encode(video.to(torch.bfloat16)).latent_dist.mode()
+
+            eerr = "-"
+            if twin is not None:
+                eerr = f"{rel_l2(ours_encode() * std + mean, twin_encode()):.2e}"
+            ms, gib = time_ms(ours_encode, args.warmup, args.iters)
+            rows.append((res, "encode", "ours (channels-last)", vshape, ms, gib, eerr))
+            if twin is not None:
+                ms, gib = time_ms(twin_encode, args.warmup, args.iters)
+                rows.append((res, "encode", "diffusers", vshape, ms, gib, eerr))
+            del video
+        torch.cuda.empty_cache()
+
+    print(f"\nWan2.1 VAE, bf16, batch 1, {args.frames} frames, median of {args.iters} (warmup {args.warmup}); "
+          f"peak = GiB allocated above the resident weights (0.24 GiB)")
+    print(f"{'res':5} {'op':7} {'impl':22} {'input':22} {'ms':>9} {'peak GiB':>9} {'vs diffusers':>12} {'rel L2':>9}")
+    for res, op, impl, shape, ms, gib, err in rows:
+        ref = next((r[4] for r in rows if r[0] == res and r[1] == op and r[2] == "diffusers"), None)
+        ratio = f"{ref / ms:.2f}x" if ref else "-"
+        print(f"{res:5} {op:7} {impl:22} {shape:22} {ms:9.1f} {gib:9.2f} {ratio:>12} {err:>9}")
+    print("(vs diffusers = diffusers time / this time; > 1 means faster than diffusers)")
+
+
+if __name__ == "__main__":
+    main()

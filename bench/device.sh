@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs named GPU steps on the device machine, each under its own time limit, logging to $OUT/<step>.log.
+#   bash bench/device.sh tests dit vae linear attention pipeline ...
+set -u
+source .devwhl/activate.sh
+export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+step() { # name seconds command...
+  local name=$1 secs=$2; shift 2
+  echo "=== $name (limit ${secs}s): $*"
+  local t0=$(date +%s)
+  timeout "$secs" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
+  echo "=== $name rc=$rc in $(( $(date +%s) - t0 ))s"; tail -n "${TAIL:-25}" "$OUT/$name.log"
+}
+for s in "$@"; do
+  case $s in
+    tests) step tests 300 python -m pytest -q -m gpu -x --no-header -p no:cacheprovider tests ;;
+    tests-sla) step tests-sla 240 python -m pytest -q -m gpu --no-header -p no:cacheprovider tests/test_sla.py ;;
+    tests-nosla) step tests-nosla 300 python -m pytest -q -m gpu --no-header -p no:cacheprovider tests --ignore=tests/test_sla.py ;;
+    dit) step dit 240 python bench/bench_dit.py --model 1.3b --res 480p --frames 81 --attention dense ;;
+    dit-sla) step dit-sla 240 python bench/bench_dit.py --model 1.3b --res 480p --frames 81 --attention sla ;;
+    vae) step vae 240 python bench/bench_vae.py ;;
+    linear) step linear 180 python bench/bench_linear.py ;;
+    attention) step attention 240 python bench/bench_attention.py ;;
+    pipeline) step pipeline 300 python bench/bench_pipeline.py --attention sla --quant fp8 --json "$OUT/pipeline.json" ;;
+    pipeline-dense) step pipeline-dense 300 python bench/bench_pipeline.py --attention dense --quant none --json "$OUT/pipeline_dense.json" ;;
+    forward) step forward 420 python bench/bench_forward.py --json "$OUT/forward.json" ;;
+    forward14) step forward14 480 python bench/bench_forward.py --model 14b --res 720p --json "$OUT/forward14.json" ;;
+    *) echo "unknown step $s" ;;
+  esac
+done

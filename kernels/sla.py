@@ -1,0 +1,543 @@
+"""SLA sparse-linear attention (TurboDiffusion's video self-attention), as a PyTorch reference and a Triton path.
+
+All tensors are (B, L, H, D) after RoPE. Semantics (REFERENCE.md section 6):
+
+* Router. Mean-pool q over blocks of `block_q` tokens and the smoothed key k - mean_L(k) over blocks of `block_k`
+  tokens (a ragged last block is pooled over its real tokens); score = pooled_q @ pooled_k^T; every q-block keeps
+  its top max(1, int(topk * n_kblocks)) k-blocks, sorted ascending (the order fixes the accumulation order).
+  Ties: a higher score wins; among equal scores the lower k-block index wins (stable descending sort).
+  Subtracting the key mean shifts every score of a q-block by the same amount, so it never changes which blocks
+  are kept; it is kept for fidelity with the published checkpoints' numerics.
+* Sparse branch: exact softmax attention (scale 1/sqrt(D)) of each q-block over its kept k-blocks only.
+* Linear branch over ALL keys: phi = softmax over the head dim, the same map for q and k;
+  o_l = proj_l(phi(q) (phi(k)^T v) / (phi(q) . sum_L phi(k) + 1e-5)), proj_l = Linear(D, D) shared by the heads.
+* o = o_sparse + o_l, returned in q's dtype.
+
+Public API: `sla_router`, `sla_reference` (plain PyTorch, any device) and `sla_triton` (the GPU path); the
+pieces of the Triton path (`sla_prologue`, `sla_triton_plan`, `sla_sparse_attention`) are public for the benchmark.
+All are inference-only (no autograd) and deterministic: same inputs on the same GPU and software, same bits (fixed
+launch configs, no atomics, reductions in a fixed order, stable sorts).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+try:  # the reference runs without Triton (e.g. on machines where it is not installed)
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised only on Triton-less installs
+    triton = None
+try:
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover - Triton older than 3.4: pointer loads only
+    TensorDescriptor = None
+
+LINEAR_EPS = 1e-5
+LOG2E = 1.4426950408889634
+SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
+
+# The Triton path computes the linear-branch statistics in chunks of k-blocks, one program per (chunk, b, h),
+# then sums the chunk partials in a fixed order. The chunk size depends only on the shape (never on the
+# device), so the bits are the same on every GPU; this constant aims at a few programs per SM.
+_STATS_TARGET_PROGRAMS = 512
+# Kernel variants, fixed per dtype/device (bench/bench_attention.py times all of them):
+# Hopper and newer load K/V tiles with TMA (host tensor descriptors); pointer loads elsewhere / when not possible.
+USE_TMA_ON_HOPPER = True
+# Hopper and newer, 16-bit inputs: one online-softmax update per two kept k-blocks (halves the rescaling work).
+PAIR_KV_BLOCKS = True
+# Set when an auto-picked Hopper variant failed to compile with the installed Triton (warned once).
+_PLAIN_VARIANT_ONLY = False
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Router (shared by the reference and the Triton path)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def n_kept_blocks(topk: float, n_kblocks: int) -> int:
+    """How many k-blocks each q-block keeps: max(1, int(topk * n_kblocks)), never more than there are."""
+    if not 0.0 < topk <= 1.0:
+        raise ValueError(f"topk must be in (0, 1], got {topk}")
+    return min(n_kblocks, max(1, int(topk * n_kblocks)))
+
+
+def _block_means(x: torch.Tensor, block: int) -> torch.Tensor:
+    """Float32 means of x (B, L, H, D) over consecutive blocks of `block` tokens, the last one over its real
+    tokens -> (B, H, n_blocks, D)."""
+    B, L, H, D = x.shape
+    n_blocks, n_full = -(-L // block), L // block
+    means = torch.empty(B, n_blocks, H, D, dtype=torch.float32, device=x.device)
+    if n_full:
+        means[:, :n_full] = x[:, : n_full * block].unflatten(1, (n_full, block)).sum(2, dtype=torch.float32) / block
+    if n_full < n_blocks:
+        means[:, n_full] = x[:, n_full * block :].sum(1, dtype=torch.float32) / (L - n_full * block)
+    return means.transpose(1, 2)
+
+
+def _rank_blocks(pooled_q: torch.Tensor, pooled_k: torch.Tensor, k_mean: torch.Tensor, n_keep: int) -> torch.Tensor:
+    """Scores pooled_q . (pooled_k - k_mean) and keeps the n_keep best k-blocks per q-block, sorted, int32.
+
+    pooled_q (B, H, nq, D), pooled_k (B, H, nk, D), k_mean (B, H, D). Ties go to the lower k-block index
+    (stable sort), so the choice is deterministic on every device.
+    """
+    scores = pooled_q @ (pooled_k - k_mean[:, :, None, :]).transpose(-1, -2)
+    ranked = torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :n_keep]
+    return ranked.sort(dim=-1).values.to(torch.int32).contiguous()
+
+
+def _check_inputs(q, k, v, block_q: int, block_k: int):
+    if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(f"q, k, v must share one (B, L, H, D) shape, got {tuple(q.shape)}, {tuple(k.shape)}, "
+                         f"{tuple(v.shape)}")
+    if block_q <= 0 or block_k <= 0:
+        raise ValueError(f"block sizes must be positive, got block_q={block_q}, block_k={block_k}")
+
+
+@torch.no_grad()
+def sla_router(q: torch.Tensor, k: torch.Tensor, topk: float, block_q: int = 128, block_k: int = 64) -> torch.Tensor:
+    """Kept k-blocks per q-block: int32 [B, H, n_qblocks, n_keep], each row sorted ascending and unique."""
+    _check_inputs(q, k, k, block_q, block_k)
+    B, L, H, D = k.shape
+    n_keep = n_kept_blocks(topk, -(-L // block_k))
+    k_mean = k.sum(1, dtype=torch.float32) / L
+    return _rank_blocks(_block_means(q, block_q), _block_means(k, block_k), k_mean, n_keep)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reference (plain PyTorch, float32)
+# ----------------------------------------------------------------------------------------------------------------
+
+# Scores materialised at once by the reference (elements): bounds its memory at any shape (~256 MB in fp32).
+_REFERENCE_SCORE_BUDGET = 1 << 26
+
+
+def _sparse_branch_one_head(q, k, v, kept, block_q: int, block_k: int) -> torch.Tensor:
+    """Exact softmax attention of each q-block over its kept k-blocks; q, k, v float32 (L, D), kept (nq, n_keep)."""
+    L, D = q.shape
+    nq, n_keep = kept.shape
+    nk = -(-L // block_k)
+    q_blocks = F.pad(q, (0, 0, 0, nq * block_q - L)).view(nq, block_q, D)
+    k_blocks = F.pad(k, (0, 0, 0, nk * block_k - L)).view(nk, block_k, D)
+    v_blocks = F.pad(v, (0, 0, 0, nk * block_k - L)).view(nk, block_k, D)
+    key_is_real = (torch.arange(nk * block_k, device=q.device) < L).view(nk, block_k)
+    out = torch.empty(nq, block_q, D, dtype=torch.float32, device=q.device)
+    step = max(1, _REFERENCE_SCORE_BUDGET // (block_q * n_keep * block_k))
+    for start in range(0, nq, step):
+        idx = kept[start : start + step]
+        keys = k_blocks[idx].flatten(1, 2)
+        values = v_blocks[idx].flatten(1, 2)
+        scores = (q_blocks[start : start + step] @ keys.transpose(1, 2)) * (1.0 / math.sqrt(D))
+        scores.masked_fill_(~key_is_real[idx].flatten(1, 2)[:, None, :], float("-inf"))
+        out[start : start + step] = torch.softmax(scores, dim=-1) @ values
+    return out.flatten(0, 1)[:L]
+
+
+def _linear_branch_one_head(q, k, v, proj_weight, proj_bias) -> torch.Tensor:
+    """proj_l(phi(q) (phi(k)^T v) / (phi(q) . sum phi(k) + eps)) over all keys; float32 (L, D) in and out."""
+    phi_q, phi_k = torch.softmax(q, dim=-1), torch.softmax(k, dim=-1)
+    kv = phi_k.transpose(0, 1) @ v
+    k_sum = phi_k.sum(0)
+    o = (phi_q @ kv) / ((phi_q @ k_sum) + LINEAR_EPS)[:, None]
+    return o @ proj_weight.transpose(0, 1) + proj_bias
+
+
+@torch.no_grad()
+def sla_reference(q, k, v, proj_weight, proj_bias, topk: float, block_q: int = 128, block_k: int = 64):
+    """SLA in plain PyTorch, float32 inside, one head at a time (memory stays small at the 14B 720p shape).
+
+    The sparse branch gathers each q-block's kept k-blocks in chunks of at most ~2^26 scores; matmuls follow
+    torch's float32 settings (full float32 unless TF32 was enabled globally).
+    """
+    _check_inputs(q, k, v, block_q, block_k)
+    B, L, H, D = q.shape
+    kept = sla_router(q, k, topk, block_q, block_k).long()
+    weight, bias = (p.detach().to(device=q.device, dtype=torch.float32) for p in (proj_weight, proj_bias))
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    for b in range(B):
+        for h in range(H):
+            qh, kh, vh = (x[b, :, h].float() for x in (q, k, v))
+            o = _sparse_branch_one_head(qh, kh, vh, kept[b, h], block_q, block_k)
+            o += _linear_branch_one_head(qh, kh, vh, weight, bias)
+            out[b, :, h] = o.to(q.dtype)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Triton path
+# ----------------------------------------------------------------------------------------------------------------
+
+if triton is not None:
+    # float32 inputs multiply on tensor cores in TF32 (Triton's exact-FMA dot spills heavily at these tiles);
+    # bf16/fp16 inputs ignore it. Pinned here so an environment default can never change the bits.
+    FP32_DOT_PRECISION = tl.constexpr("tf32")
+
+    @triton.jit
+    def _sla_stats_kernel(
+        Q, K, V, Q_POOL, K_POOL, STATS,
+        stride_qb, stride_ql, stride_qh,
+        stride_kb, stride_kl, stride_kh,
+        stride_vb, stride_vl, stride_vh,
+        L, H, n_qblocks, n_kblocks, blocks_per_chunk, inv_len,
+        D: tl.constexpr, BLOCK_N: tl.constexpr, RATIO: tl.constexpr,
+    ):
+        """One pass over q, k, v for a chunk of k-blocks of one (b, h): everything but the attention itself.
+
+        Writes the router's mean-pooled q (per RATIO * BLOCK_N tokens) and k (per BLOCK_N tokens), each mean over
+        the block's real tokens, and this chunk's partial [phi(k)^T v | sum phi(k) | sum k] / L in float32.
+        Chunks start on q-block boundaries, so every q-block is pooled inside one program.
+        """
+        chunk = tl.program_id(0)
+        pid_bh = tl.program_id(1)
+        b = pid_bh // H
+        h = pid_bh % H
+        n_chunks = tl.num_programs(0)
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, D)
+        q_tile = Q + b.to(tl.int64) * stride_qb + h * stride_qh + offs_n[:, None] * stride_ql + offs_d[None, :]
+        k_tile = K + b.to(tl.int64) * stride_kb + h * stride_kh + offs_n[:, None] * stride_kl + offs_d[None, :]
+        v_tile = V + b.to(tl.int64) * stride_vb + h * stride_vh + offs_n[:, None] * stride_vl + offs_d[None, :]
+        q_pool = Q_POOL + pid_bh.to(tl.int64) * n_qblocks * D + offs_d
+        k_pool = K_POOL + pid_bh.to(tl.int64) * n_kblocks * D + offs_d
+
+        kv = tl.zeros([D, D], dtype=tl.float32)
+        phi_k_sum = tl.zeros([D], dtype=tl.float32)
+        k_total = tl.zeros([D], dtype=tl.float32)
+        q_block_sum = tl.zeros([D], dtype=tl.float32)
+        for i in range(0, blocks_per_chunk):
+            blk = chunk * blocks_per_chunk + i
+            start = blk * BLOCK_N
+            real = (start + offs_n) < L
+            q = tl.load(q_tile + start.to(tl.int64) * stride_ql, mask=real[:, None], other=0.0)
+            k = tl.load(k_tile + start.to(tl.int64) * stride_kl, mask=real[:, None], other=0.0)
+            v = tl.load(v_tile + start.to(tl.int64) * stride_vl, mask=real[:, None], other=0.0)
+            kf = k.to(tl.float32)
+            k_block_sum = tl.sum(kf, axis=0)
+            k_total += k_block_sum
+            n_real_k = tl.maximum(tl.minimum(L - start, BLOCK_N), 1).to(tl.float32)
+            tl.store(k_pool + blk * D, k_block_sum / n_real_k, mask=blk * D + offs_d < n_kblocks * D)
+            # q-blocks are RATIO k-blocks long: store the running sum on each q-block's last k-block, then reset
+            q_block_sum += tl.sum(q.to(tl.float32), axis=0)
+            qblk = blk // RATIO
+            ends_q_block = (i % RATIO) == RATIO - 1
+            n_real_q = tl.maximum(tl.minimum(L - qblk * (RATIO * BLOCK_N), RATIO * BLOCK_N), 1).to(tl.float32)
+            q_row = tl.where(ends_q_block, qblk, n_qblocks)  # n_qblocks: a row the mask below drops
+            tl.store(q_pool + q_row * D, q_block_sum / n_real_q, mask=q_row * D + offs_d < n_qblocks * D)
+            q_block_sum = tl.where(ends_q_block, 0.0, q_block_sum)
+            # linear branch: phi(k) = softmax over the head dim, zero on padding rows
+            e = tl.math.exp2((kf - tl.max(kf, axis=1)[:, None]) * 1.4426950408889634)
+            phi = tl.where(real[:, None], e / tl.sum(e, axis=1)[:, None], 0.0)
+            kv = tl.dot(tl.trans(phi.to(v.dtype)), v, kv, input_precision=FP32_DOT_PRECISION)
+            phi_k_sum += tl.sum(phi, axis=0)
+        stats = STATS + (pid_bh.to(tl.int64) * n_chunks + chunk) * (D * D + 2 * D)
+        tl.store(stats + offs_d[:, None] * D + offs_d[None, :], kv * inv_len)
+        tl.store(stats + D * D + offs_d, phi_k_sum * inv_len)
+        tl.store(stats + D * D + D + offs_d, k_total * inv_len)
+
+    @triton.jit
+    def _load_kv_tile(X, tile, row0, col0, start_n, stride_l, offs_n, L,
+                      RAGGED: tl.constexpr, USE_TMA: tl.constexpr):
+        """The BLOCK_N x D tile of K or V at token start_n; rows past L read as zeros."""
+        if USE_TMA:  # out-of-bounds rows come back zero-filled; rows of the next batch item are masked by -inf
+            x = X.load([row0 + start_n, col0])
+        elif RAGGED:
+            x = tl.load(tile + start_n.to(tl.int64) * stride_l, mask=((start_n + offs_n) < L)[:, None], other=0.0)
+        else:
+            x = tl.load(tile + start_n.to(tl.int64) * stride_l)
+        return x
+
+    @triton.jit
+    def _attend_one_block(
+        acc, l_i, m_i, q, K, V, k_tile, v_tile, start_n, kv_row0, kv_col0, offs_n, L, qk_scale,
+        stride_kl, stride_vl,
+        RAGGED: tl.constexpr, USE_TMA: tl.constexpr,
+    ):
+        """One online-softmax step over the BLOCK_N keys at start_n (flash attention, base-2 exponent).
+
+        RAGGED masks keys past L (only the last k-block of a sequence can hold them).
+        """
+        k = _load_kv_tile(K, k_tile, kv_row0, kv_col0, start_n, stride_kl, offs_n, L, RAGGED, USE_TMA)
+        qk = tl.dot(q, tl.trans(k), input_precision=FP32_DOT_PRECISION)
+        if RAGGED:
+            qk = tl.where(((start_n + offs_n) < L)[None, :], qk, float("-inf"))
+        m_ij = tl.maximum(m_i, tl.max(qk, axis=1) * qk_scale)
+        p = tl.math.exp2(qk * qk_scale - m_ij[:, None])
+        alpha = tl.math.exp2(m_i - m_ij)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None]
+        v = _load_kv_tile(V, v_tile, kv_row0, kv_col0, start_n, stride_vl, offs_n, L, RAGGED, USE_TMA)
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=FP32_DOT_PRECISION)
+        return acc, l_i, m_ij
+
+    @triton.jit
+    def _attend_two_blocks(
+        acc, l_i, m_i, q, K, V, k_tile, v_tile, start_a, start_b, kv_row0, kv_col0, offs_n, L, qk_scale,
+        stride_kl, stride_vl,
+        USE_TMA: tl.constexpr,
+    ):
+        """One online-softmax step over two full k-blocks: one running-max update and one rescale of the
+        accumulator per 2 * BLOCK_N keys, which halves that non-MMA work."""
+        k_a = _load_kv_tile(K, k_tile, kv_row0, kv_col0, start_a, stride_kl, offs_n, L, False, USE_TMA)
+        k_b = _load_kv_tile(K, k_tile, kv_row0, kv_col0, start_b, stride_kl, offs_n, L, False, USE_TMA)
+        qk_a = tl.dot(q, tl.trans(k_a), input_precision=FP32_DOT_PRECISION)
+        qk_b = tl.dot(q, tl.trans(k_b), input_precision=FP32_DOT_PRECISION)
+        m_ij = tl.maximum(m_i, tl.maximum(tl.max(qk_a, axis=1), tl.max(qk_b, axis=1)) * qk_scale)
+        p_a = tl.math.exp2(qk_a * qk_scale - m_ij[:, None])
+        p_b = tl.math.exp2(qk_b * qk_scale - m_ij[:, None])
+        alpha = tl.math.exp2(m_i - m_ij)
+        l_i = l_i * alpha + (tl.sum(p_a, axis=1) + tl.sum(p_b, axis=1))
+        acc = acc * alpha[:, None]
+        v_a = _load_kv_tile(V, v_tile, kv_row0, kv_col0, start_a, stride_vl, offs_n, L, False, USE_TMA)
+        acc = tl.dot(p_a.to(v_a.dtype), v_a, acc, input_precision=FP32_DOT_PRECISION)
+        v_b = _load_kv_tile(V, v_tile, kv_row0, kv_col0, start_b, stride_vl, offs_n, L, False, USE_TMA)
+        acc = tl.dot(p_b.to(v_b.dtype), v_b, acc, input_precision=FP32_DOT_PRECISION)
+        return acc, l_i, m_ij
+
+    @triton.jit
+    def _sla_attention_kernel(
+        Q, K, V, O, KEPT, KVW, KSUM, BIAS,
+        stride_qb, stride_ql, stride_qh,
+        stride_kb, stride_kl, stride_kh,
+        stride_vb, stride_vl, stride_vh,
+        stride_ob, stride_ol, stride_oh,
+        stride_ksum, L, H, n_keep, qk_scale, eps_over_len,
+        D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        USE_TMA: tl.constexpr, PAIRS: tl.constexpr, WITH_LINEAR: tl.constexpr,
+    ):
+        """One q-block of one (b, h): block-sparse flash attention over its kept k-blocks, then the linear branch.
+
+        The kept list is sorted, so only its last entry can be the ragged final k-block: the main loop runs
+        mask-free (PAIRS: two k-blocks per softmax update) and that block, if kept, is peeled off with masking.
+        Linear epilogue, with s = sum_L phi(k) / L (KSUM) and KVW = diag(1/s) (phi(k)^T v / L) W^T (host, fp32):
+        o_l = [(phi(q) * s) / (phi(q) . s + eps / L)] @ KVW + bias, added straight onto the sparse output. Both
+        factors stay O(1) (weights in [0, 1]; KVW rows are phi(k)-weighted means of v, projected), so they lose
+        nothing when cast to fp16/bf16 for the MMA.
+        """
+        pid_m = tl.program_id(0)
+        pid_bh = tl.program_id(1)
+        n_qblocks = tl.num_programs(0)
+        b = pid_bh // H
+        h = pid_bh % H
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, D)
+        row_real = (offs_m < L)[:, None]
+
+        q_ptrs = Q + b.to(tl.int64) * stride_qb + h * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :]
+        q = tl.load(q_ptrs, mask=row_real, other=0.0)
+        kv_row0 = b * L  # TMA descriptors view K and V as (B*L, H*D)
+        kv_col0 = h * D
+        if USE_TMA:
+            k_tile = K
+            v_tile = V
+        else:
+            k_tile = K + b.to(tl.int64) * stride_kb + h * stride_kh + offs_n[:, None] * stride_kl + offs_d[None, :]
+            v_tile = V + b.to(tl.int64) * stride_vb + h * stride_vh + offs_n[:, None] * stride_vl + offs_d[None, :]
+        kept = KEPT + (pid_bh.to(tl.int64) * n_qblocks + pid_m) * n_keep
+
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+        last_start = tl.load(kept + n_keep - 1) * BLOCK_N
+        last_is_ragged = last_start + BLOCK_N > L
+        n_plain = n_keep - last_is_ragged.to(tl.int32)
+        n_single_start = 0
+        if PAIRS:
+            for j in range(0, n_plain // 2):
+                start_a = tl.load(kept + 2 * j) * BLOCK_N
+                start_b = tl.load(kept + 2 * j + 1) * BLOCK_N
+                acc, l_i, m_i = _attend_two_blocks(acc, l_i, m_i, q, K, V, k_tile, v_tile, start_a, start_b,
+                                                   kv_row0, kv_col0, offs_n, L, qk_scale, stride_kl, stride_vl,
+                                                   USE_TMA=USE_TMA)
+            n_single_start = n_plain - n_plain % 2
+        for j in range(n_single_start, n_plain):
+            start_n = tl.load(kept + j) * BLOCK_N
+            acc, l_i, m_i = _attend_one_block(acc, l_i, m_i, q, K, V, k_tile, v_tile, start_n, kv_row0, kv_col0,
+                                              offs_n, L, qk_scale, stride_kl, stride_vl,
+                                              RAGGED=False, USE_TMA=USE_TMA)
+        if last_is_ragged:
+            acc, l_i, m_i = _attend_one_block(acc, l_i, m_i, q, K, V, k_tile, v_tile, last_start, kv_row0, kv_col0,
+                                              offs_n, L, qk_scale, stride_kl, stride_vl,
+                                              RAGGED=True, USE_TMA=USE_TMA)
+        acc = acc / l_i[:, None]
+
+        if WITH_LINEAR:
+            qf = tl.load(q_ptrs, mask=row_real, other=0.0).to(tl.float32)
+            e = tl.math.exp2((qf - tl.max(qf, axis=1)[:, None]) * 1.4426950408889634)  # phi(q) * sum(e)
+            w = e * tl.load(KSUM + pid_bh.to(tl.int64) * stride_ksum + offs_d)[None, :]
+            denom = tl.sum(w, axis=1) + eps_over_len * tl.sum(e, axis=1)
+            kvw = tl.load(KVW + pid_bh.to(tl.int64) * D * D + offs_d[:, None] * D + offs_d[None, :])
+            acc = tl.dot((w / denom[:, None]).to(kvw.dtype), kvw, acc, input_precision=FP32_DOT_PRECISION)
+            acc += tl.load(BIAS + offs_d)[None, :]
+
+        o_ptrs = O + b.to(tl.int64) * stride_ob + h * stride_oh + offs_m[:, None] * stride_ol + offs_d[None, :]
+        tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=row_real)
+
+
+def _launch_config(dtype: torch.dtype, pairs: bool = False) -> dict:
+    """Fixed launch configs (no autotuning, so the bits never depend on a tuning run).
+
+    16-bit inputs: the fused-attention tutorial's Hopper setting (8 warps, 3 stages of 64-key K/V tiles; 2 stages
+    when a step loads two k-blocks, which keeps shared memory at ~160 KB). float32 tiles are twice as large, so
+    float32 runs unpipelined (~130 KB).
+    """
+    fma = dict(enable_fp_fusion=True)  # pinned: Triton 3.10 flips its default, which would change the bits
+    if dtype == torch.float32:
+        return dict(attention=dict(num_warps=8, num_stages=1, **fma), stats=dict(num_warps=8, num_stages=1, **fma))
+    return dict(attention=dict(num_warps=8, num_stages=2 if pairs else 3, **fma),
+                stats=dict(num_warps=8, num_stages=2, **fma))
+
+
+def _tma_layout_ok(x: torch.Tensor) -> bool:
+    """TMA needs a (B*L, H*D) 2D view of x with a 16-byte aligned base and row stride."""
+    B, L, H, D = x.shape
+    sb, sl, sh, sd = x.stride()
+    aligned = x.data_ptr() % 16 == 0 and (sl * x.element_size()) % 16 == 0
+    return TensorDescriptor is not None and aligned and sd == 1 and sh == D and (B == 1 or sb == L * sl)
+
+
+def _is_hopper_or_newer(x: torch.Tensor) -> bool:
+    return x.is_cuda and torch.cuda.get_device_capability(x.device)[0] >= 9
+
+
+def _kv_descriptor(x: torch.Tensor, block_n: int):
+    B, L, H, D = x.shape
+    return TensorDescriptor(x, [B * L, H * D], [x.stride(1), 1], [block_n, D])
+
+
+def _as_kernel_input(x: torch.Tensor) -> torch.Tensor:
+    """Any (B, L, H, D) strides work as long as the head dim is contiguous; copy only when it is not."""
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def sla_prologue(q, k, v, block_q: int = 128, block_k: int = 64):
+    """One Triton pass over q, k, v -> (pooled q, pooled k, mean k, phi(k)^T v / L, sum phi(k) / L), float32.
+
+    Shapes: (B, H, nq, D), (B, H, nk, D), (B, H, D), (B, H, D, D), (B, H, D). The linear statistics are chunk
+    partials summed in a fixed order (the chunking depends on the shape only).
+    """
+    B, L, H, D = q.shape
+    ratio = block_q // block_k
+    nq, nk = -(-L // block_q), -(-L // block_k)
+    blocks_per_chunk = max(1, -(-(B * H * nk) // _STATS_TARGET_PROGRAMS))
+    blocks_per_chunk = -(-blocks_per_chunk // ratio) * ratio
+    n_chunks = -(-nk // blocks_per_chunk)
+    f32 = dict(dtype=torch.float32, device=q.device)
+    q_pool, k_pool = torch.empty(B, H, nq, D, **f32), torch.empty(B, H, nk, D, **f32)
+    stats = torch.empty(B, H, n_chunks, D * D + 2 * D, **f32)
+    _sla_stats_kernel[(n_chunks, B * H)](
+        q, k, v, q_pool, k_pool, stats,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        L, H, nq, nk, blocks_per_chunk, 1.0 / L,
+        D=D, BLOCK_N=block_k, RATIO=ratio, **_launch_config(q.dtype)["stats"],
+    )
+    totals = stats.sum(2)
+    kv_mean = totals[..., : D * D].unflatten(-1, (D, D))
+    return q_pool, k_pool, totals[..., D * D + D :], kv_mean, totals[..., D * D : D * D + D]
+
+
+def sla_sparse_attention(q, k, v, kept, kvw=None, k_sum_mean=None, bias=None, block_q: int = 128,
+                         block_k: int = 64, use_tma: bool | None = None, pairs: bool | None = None) -> torch.Tensor:
+    """The fused kernel alone: the sparse branch over `kept`, plus the linear epilogue when kvw is given.
+
+    kvw (B, H, D, D) in q's dtype = diag(1 / sum phi(k)) (phi(k)^T v) @ W^T; k_sum_mean (B, H, D) float32 =
+    sum phi(k) / L; bias (D,) float32. `use_tma` / `pairs` None pick the default variant for the device (TMA
+    loads and paired k-blocks on Hopper+, see the module constants); benchmarks and tests may force either.
+    """
+    global _PLAIN_VARIANT_ONLY
+    B, L, H, D = q.shape
+    with_linear = kvw is not None
+    tma_ok = _tma_layout_ok(k) and _tma_layout_ok(v)
+    if use_tma and not tma_ok:
+        raise ValueError("TMA loads need K and V viewable as (B*L, H*D) with 16-byte aligned rows")
+    auto = use_tma is None and pairs is None
+    fast_variants = q.dtype != torch.float32 and _is_hopper_or_newer(q) and not _PLAIN_VARIANT_ONLY
+    if use_tma is None:
+        use_tma = USE_TMA_ON_HOPPER and fast_variants and tma_ok
+    if pairs is None:
+        pairs = PAIR_KV_BLOCKS and fast_variants
+    out = torch.empty(B, L, H, D, dtype=q.dtype, device=q.device)
+    if with_linear and (k_sum_mean.stride(0) != H * k_sum_mean.stride(1) or k_sum_mean.stride(2) != 1):
+        k_sum_mean = k_sum_mean.contiguous()
+    if not with_linear:  # the epilogue's pointers are never read; any tensor fills the slots
+        kvw = k_sum_mean = bias = out
+    args = (q, k, v, kept, kvw, k_sum_mean, bias, out, block_q, block_k, with_linear)
+    try:
+        _launch_attention(*args, use_tma=use_tma, pairs=pairs)
+    except Exception as exc:  # noqa: BLE001 - only the auto-picked Hopper variants fall back, and loudly
+        if not (auto and (use_tma or pairs)):
+            raise
+        warnings.warn(f"SLA: the Hopper kernel variant (tma={use_tma}, pairs={pairs}) failed with this Triton "
+                      f"({type(exc).__name__}: {exc}); using pointer loads and one k-block per step from now on")
+        _PLAIN_VARIANT_ONLY = True
+        _launch_attention(*args, use_tma=False, pairs=False)
+    return out
+
+
+def _launch_attention(q, k, v, kept, kvw, k_sum_mean, bias, out, block_q, block_k, with_linear, use_tma, pairs):
+    B, L, H, D = q.shape
+    _sla_attention_kernel[(-(-L // block_q), B * H)](
+        q, _kv_descriptor(k, block_k) if use_tma else k, _kv_descriptor(v, block_k) if use_tma else v, out, kept,
+        kvw, k_sum_mean, bias,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        k_sum_mean.stride(1), L, H, kept.shape[-1], LOG2E / math.sqrt(D), LINEAR_EPS / L,
+        D=D, BLOCK_M=block_q, BLOCK_N=block_k, USE_TMA=use_tma, PAIRS=pairs, WITH_LINEAR=with_linear,
+        **_launch_config(q.dtype, pairs)["attention"],
+    )
+
+
+def _check_triton_inputs(q, k, v, block_q: int, block_k: int):
+    _check_inputs(q, k, v, block_q, block_k)
+    if triton is None:
+        raise RuntimeError("sla_triton needs Triton; use sla_reference instead")
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        raise ValueError(f"q, k, v must share one dtype among bf16/fp16/fp32, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.shape[-1] not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(f"head dim must be one of {SUPPORTED_HEAD_DIMS}, got {q.shape[-1]}")
+    for name, blk in (("block_q", block_q), ("block_k", block_k)):
+        if blk < 16 or blk & (blk - 1):
+            raise ValueError(f"{name} must be a power of two >= 16, got {blk}")
+    if block_q % block_k:
+        raise ValueError(f"block_q ({block_q}) must be a multiple of block_k ({block_k})")
+    L, row_stride = q.shape[1], max(x.stride(1) for x in (q, k, v))
+    if (L + block_q) * max(row_stride, q.shape[2] * q.shape[3]) >= 2**31:
+        raise ValueError(f"L={L} is too long for the kernels' 32-bit in-sequence offsets")
+
+
+def sla_triton_plan(q, k, v, proj_weight, proj_bias, topk: float, block_q: int = 128, block_k: int = 64):
+    """Everything before the fused kernel: (kept blocks, kvw, sum phi(k) / L, bias), from one Triton pass.
+
+    Routing matches `sla_router` up to float32 summation order inside a block (it could only differ on
+    scores that tie to ~1e-7).
+    """
+    q_pool, k_pool, k_mean, kv_mean, k_sum_mean = sla_prologue(q, k, v, block_q, block_k)
+    kept = _rank_blocks(q_pool, k_pool, k_mean, n_kept_blocks(topk, k_pool.shape[2]))
+    weight = proj_weight.detach().to(device=q.device, dtype=torch.float32)
+    bias = proj_bias.detach().to(device=q.device, dtype=torch.float32).contiguous()
+    kv_rows = kv_mean / k_sum_mean.clamp_min(1e-30)[..., :, None]  # phi(k)-weighted means of v
+    kvw = (kv_rows @ weight.transpose(0, 1)).to(q.dtype).contiguous()
+    return kept, kvw, k_sum_mean, bias
+
+
+@torch.no_grad()
+def sla_triton(q, k, v, proj_weight, proj_bias, topk: float, block_q: int = 128, block_k: int = 64):
+    """SLA on the GPU: one Triton statistics pass, routing on the tiny pooled tensors, one fused Triton kernel.
+
+    Same semantics as `sla_reference`; bf16/fp16 inputs run bf16/fp16 MMAs, float32 inputs TF32 MMAs (exact
+    under TRITON_INTERPRET), all with float32 accumulation and softmax. q, k, v may be any (B, L, H, D) views
+    with a contiguous head dim.
+    """
+    _check_triton_inputs(q, k, v, block_q, block_k)
+    q, k, v = (_as_kernel_input(x) for x in (q, k, v))
+    with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
+        kept, kvw, k_sum_mean, bias = sla_triton_plan(q, k, v, proj_weight, proj_bias, topk, block_q, block_k)
+        return sla_sparse_attention(q, k, v, kept, kvw, k_sum_mean, bias, block_q, block_k)

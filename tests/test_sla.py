@@ -1,0 +1,309 @@
+"""Specification of SLA sparse-linear attention (kernels/sla.py): router, reference, Triton path.
+
+Layout everywhere is (B, L, H, D). The Triton kernels are checked on CPU under TRITON_INTERPRET=1 in ONE
+subprocess (the variable must be set before Triton is imported, and this process may already have imported it);
+the interpreter multiplies bf16 tiles incorrectly, so CPU checks use float32 and float16 inputs and bf16 is
+checked on the GPU.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kernels import sla
+
+ROOT = Path(__file__).resolve().parents[1]
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def make_qkv(B, L, H, D, seed=0, dtype=torch.float32, device="cpu"):
+    """Random q, k, v with some block-level structure (slowly varying components), so routing has real choices."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    slow = torch.randn(B, L // 96 + 1, H, D, generator=g, device=device).repeat_interleave(96, dim=1)[:, :L]
+    q = torch.randn(B, L, H, D, generator=g, device=device) + slow
+    k = torch.randn(B, L, H, D, generator=g, device=device) + 0.5 * slow
+    v = torch.randn(B, L, H, D, generator=g, device=device)
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+def make_proj(D, seed=0, device="cpu"):
+    g = torch.Generator(device=device).manual_seed(seed + 1)
+    return torch.randn(D, D, generator=g, device=device) / math.sqrt(D), 0.1 * torch.randn(D, generator=g,
+                                                                                           device=device)
+
+
+def zero_proj(D):
+    return torch.zeros(D, D), torch.zeros(D)
+
+
+def naive_block_means(x, block):
+    """(B, L, H, D) -> (B, H, n, D): mean over each block's real tokens, written as a plain loop."""
+    L = x.shape[1]
+    return torch.stack([x[:, s : min(s + block, L)].float().mean(1) for s in range(0, L, block)], dim=2)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Router
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("L", [200, 256, 333])
+@pytest.mark.parametrize("topk", [0.1, 0.3, 0.5, 1.0])
+def test_router_rows_are_sorted_unique_and_keep_max_1_int_topk_times_n_kblocks(L, topk):
+    q, k, _ = make_qkv(2, L, 3, 16)
+    kept = sla.sla_router(q, k, topk)
+    nq, nk = -(-L // 128), -(-L // 64)
+    n_keep = max(1, int(topk * nk))
+    assert kept.dtype == torch.int32 and kept.shape == (2, 3, nq, n_keep)
+    assert bool((kept[..., 1:] > kept[..., :-1]).all()), "rows must be strictly increasing (sorted, unique)"
+    assert int(kept.min()) >= 0 and int(kept.max()) < nk
+
+
+def test_router_keeps_the_blocks_with_the_highest_pooled_q_dot_smoothed_pooled_k():
+    q, k, _ = make_qkv(1, 333, 2, 32, seed=3)
+    topk = 0.5
+    kept = sla.sla_router(q, k, topk).long()
+    smoothed = k.float() - k.float().mean(dim=1, keepdim=True)
+    scores = naive_block_means(q, 128) @ naive_block_means(smoothed, 64).transpose(-1, -2)
+    kept_scores = scores.gather(-1, kept)
+    dropped = torch.ones_like(scores, dtype=torch.bool).scatter_(-1, kept, False)
+    worst_kept = kept_scores.min(-1).values
+    best_dropped = scores.masked_fill(~dropped, float("-inf")).max(-1).values
+    assert bool((worst_kept >= best_dropped).all())
+
+
+def test_router_pools_a_ragged_last_block_over_its_real_tokens():
+    # L = 136: k-blocks [0, 64), [64, 128), [128, 136). Block 1 has mean 0.5 on dim 0, block 2 mean 1.0 over its
+    # 8 real tokens (0.125 if it were averaged over 64 slots). One block is kept: it must be block 2.
+    L, D = 136, 16
+    q = torch.zeros(1, L, 1, D)
+    q[..., 0] = 1.0
+    k = torch.zeros(1, L, 1, D)
+    k[:, 64:128, :, 0] = 0.5
+    k[:, 128:, :, 0] = 1.0
+    assert sla.sla_router(q, k, topk=0.34).flatten().tolist() == [2, 2]
+
+
+def test_router_breaks_score_ties_toward_the_lower_block_index():
+    q, _, _ = make_qkv(1, 700, 2, 16)
+    k = torch.zeros_like(q)  # every score ties at zero
+    kept = sla.sla_router(q, k, topk=0.3)
+    assert bool((kept == torch.arange(3, dtype=torch.int32)).all())
+
+
+def test_router_rejects_topk_outside_0_1():
+    q, k, _ = make_qkv(1, 128, 1, 16)
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="topk"):
+            sla.sla_router(q, k, bad)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reference
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("L", [200, 256, 333])
+def test_reference_with_every_block_kept_and_zero_projection_is_dense_softmax_attention(L):
+    q, k, v = make_qkv(2, L, 2, 32)
+    out = sla.sla_reference(q, k, v, *zero_proj(32), topk=1.0)
+    dense = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+    torch.testing.assert_close(out, dense, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("L,topk", [(200, 0.3), (333, 0.5), (333, 0.1)])
+def test_sparse_branch_is_softmax_attention_restricted_to_the_kept_blocks(L, topk):
+    B, H, D = 1, 2, 16
+    q, k, v = make_qkv(B, L, H, D, seed=5)
+    kept = sla.sla_router(q, k, topk).long()
+    allowed = torch.zeros(B, H, -(-L // 128), -(-L // 64), dtype=torch.bool).scatter_(-1, kept, True)
+    token_mask = allowed.repeat_interleave(128, dim=2)[:, :, :L].repeat_interleave(64, dim=3)[..., :L]
+    expected = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                              attn_mask=token_mask).transpose(1, 2)
+    out = sla.sla_reference(q, k, v, *zero_proj(D), topk=topk)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
+
+
+def test_linear_branch_matches_the_naive_per_query_formula():
+    B, L, H, D = 1, 200, 2, 16
+    q, k, v = make_qkv(B, L, H, D, seed=7)
+    weight, bias = make_proj(D)
+    with_linear = sla.sla_reference(q, k, v, weight, bias, topk=0.3)
+    sparse_only = sla.sla_reference(q, k, v, *zero_proj(D), topk=0.3)
+    phi_q, phi_k = torch.softmax(q, dim=-1), torch.softmax(k, dim=-1)
+    affinity = torch.einsum("bihd,bjhd->bhij", phi_q, phi_k)  # phi(q_i) . phi(k_j), all keys
+    o_lin = torch.einsum("bhij,bjhd->bihd", affinity, v) / (affinity.sum(-1).transpose(1, 2)[..., None] + 1e-5)
+    torch.testing.assert_close(with_linear - sparse_only, o_lin @ weight.T + bias, rtol=0, atol=1e-5)
+
+
+def test_reference_returns_q_dtype_and_shape():
+    q, k, v = make_qkv(1, 150, 2, 16, dtype=torch.bfloat16)
+    out = sla.sla_reference(q, k, v, *make_proj(16), topk=0.5)
+    assert out.dtype == torch.bfloat16 and out.shape == q.shape and bool(out.isfinite().all())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Triton kernels under the interpreter (CPU)
+# ----------------------------------------------------------------------------------------------------------------
+
+INTERPRETER_CASES = [(L, D, topk) for L in (200, 256, 333) for D in (16, 32) for topk in (0.1, 0.3, 0.5, 1.0)]
+
+INTERPRETER_SCRIPT = textwrap.dedent(
+    """
+    import itertools, json, sys
+    import torch
+    sys.path.insert(0, "tests")
+    from test_sla import INTERPRETER_CASES, make_qkv, make_proj
+    from kernels import sla
+
+    def rel(a, b):
+        return float((a.float() - b.float()).norm() / b.float().norm())
+
+    def maxerr(a, b):
+        return float((a.float() - b.float()).abs().max())
+
+    res = {"cases": {}}
+    for L, D, topk in INTERPRETER_CASES:
+        q, k, v = make_qkv(1, L, 2, D, seed=L + D)
+        w, b = make_proj(D)
+        res["cases"][f"{L}-{D}-{topk}"] = maxerr(sla.sla_triton(q, k, v, w, b, topk), sla.sla_reference(q, k, v, w, b, topk))
+
+    # 700 tokens, topk 0.5: 5 of 11 k-blocks, the last one ragged -> paired, single and masked steps all run
+    q, k, v = make_qkv(2, 700, 2, 32, seed=11)
+    w, b = make_proj(32)
+    first, second = sla.sla_triton(q, k, v, w, b, 0.5), sla.sla_triton(q, k, v, w, b, 0.5)
+    res["batch2_err"] = maxerr(first, sla.sla_reference(q, k, v, w, b, 0.5))
+    res["bitwise_repeat"] = bool(torch.equal(first, second))
+
+    kept, kvw, k_sum, bias = sla.sla_triton_plan(q, k, v, w, b, 0.5)
+    res["router_equal"] = bool(torch.equal(kept, sla.sla_router(q, k, 0.5)))
+    variants = {f"tma={t},pairs={p}": sla.sla_sparse_attention(q, k, v, kept, kvw, k_sum, bias, use_tma=t, pairs=p)
+                for t, p in itertools.product((False, True), repeat=2)}
+    res["variant_errs"] = {name: maxerr(o, first) for name, o in variants.items()}
+
+    qkv = torch.stack(make_qkv(2, 333, 2, 32, seed=12), dim=2)  # (B, L, 3, H, D): q, k, v are strided views
+    views = qkv.unbind(2)
+    res["packed_bitwise"] = bool(torch.equal(sla.sla_triton(*views, w, b, 0.3),
+                                             sla.sla_triton(*(x.contiguous() for x in views), w, b, 0.3)))
+
+    q16, k16, v16 = make_qkv(1, 700, 2, 32, seed=13, dtype=torch.float16)
+    out16 = sla.sla_triton(q16, k16, v16, w, b, 0.5)
+    res["fp16_dtype"] = str(out16.dtype)
+    res["fp16_rel"] = rel(out16, sla.sla_reference(q16.float(), k16.float(), v16.float(), w, b, 0.5))
+    print("RESULT" + json.dumps(res))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def interpreted():
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT), "TRITON_DEFAULT_FP_FUSION": "1"}
+    proc = subprocess.run([sys.executable, "-c", INTERPRETER_SCRIPT], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT"))
+    return json.loads(line[len("RESULT") :])
+
+
+@pytest.mark.parametrize("L,D,topk", INTERPRETER_CASES)
+def test_triton_matches_the_reference_in_fp32_including_ragged_lengths(interpreted, L, D, topk):
+    assert interpreted["cases"][f"{L}-{D}-{topk}"] <= 1e-4
+
+
+def test_triton_handles_a_batch_of_two_with_paired_single_and_ragged_steps(interpreted):
+    assert interpreted["batch2_err"] <= 1e-4
+
+
+def test_triton_is_bitwise_identical_run_to_run(interpreted):
+    assert interpreted["bitwise_repeat"]
+
+
+def test_triton_routing_selects_the_same_blocks_as_sla_router(interpreted):
+    assert interpreted["router_equal"]
+
+
+def test_every_kernel_variant_tma_or_pointer_loads_single_or_paired_blocks_agrees(interpreted):
+    assert all(err <= 1e-5 for err in interpreted["variant_errs"].values()), interpreted["variant_errs"]
+
+
+def test_triton_reads_strided_views_of_a_packed_qkv_tensor_without_changing_bits(interpreted):
+    assert interpreted["packed_bitwise"]
+
+
+def test_triton_fp16_inputs_return_fp16_within_fp16_rounding(interpreted):
+    assert interpreted["fp16_dtype"] == "torch.float16" and interpreted["fp16_rel"] <= 2e-3
+
+
+def test_triton_rejects_unsupported_head_dims_and_mixed_dtypes():
+    pytest.importorskip("triton")
+    q, k, v = make_qkv(1, 128, 1, 48)
+    with pytest.raises(ValueError, match="head dim"):
+        sla.sla_triton(q, k, v, *make_proj(48), 0.1)
+    q, k, v = make_qkv(1, 128, 1, 16)
+    with pytest.raises(ValueError, match="dtype"):
+        sla.sla_triton(q, k.half(), v, *make_proj(16), 0.1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# GPU (Wan shapes, bf16)
+# ----------------------------------------------------------------------------------------------------------------
+
+GPU_SHAPES = {"wan2.1-1.3b-480p": (1, 32760, 12, 128), "wan-14b-720p": (1, 75600, 40, 128)}
+
+
+def relative_error(out, ref):
+    return float((out.float() - ref.float()).norm() / ref.float().norm())
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("shape", list(GPU_SHAPES.values()), ids=list(GPU_SHAPES))
+def test_gpu_bf16_matches_the_fp32_reference_and_repeats_bitwise_at_wan_shapes(shape):
+    q, k, v = make_qkv(*shape, seed=0, dtype=torch.bfloat16, device="cuda")
+    weight, bias = make_proj(shape[-1], device="cuda")
+    for topk in (0.05, 0.1, 0.15, 0.2):
+        out = sla.sla_triton(q, k, v, weight, bias, topk)
+        ref = sla.sla_reference(q.float(), k.float(), v.float(), weight, bias, topk)
+        assert out.dtype == torch.bfloat16 and bool(out.isfinite().all())
+        assert relative_error(out, ref) <= 1e-2, (topk, relative_error(out, ref))
+        assert torch.equal(out, sla.sla_triton(q, k, v, weight, bias, topk)), f"not bitwise repeatable at {topk}"
+        del ref
+
+
+@pytest.mark.gpu
+@cuda
+def test_gpu_every_kernel_variant_matches_the_reference_at_the_1_3b_shape():
+    q, k, v = make_qkv(*GPU_SHAPES["wan2.1-1.3b-480p"], seed=1, dtype=torch.bfloat16, device="cuda")
+    weight, bias = make_proj(128, device="cuda")
+    ref = sla.sla_reference(q.float(), k.float(), v.float(), weight, bias, 0.1)
+    kept, kvw, k_sum, bias32 = sla.sla_triton_plan(q, k, v, weight, bias, 0.1)
+    # the fused pass sums each block in another order than torch: rows may differ only on ~1e-7 near-ties
+    rows_differing = (kept != sla.sla_router(q, k, 0.1)).any(-1).float().mean().item()
+    assert rows_differing <= 1e-3, rows_differing
+    hopper = torch.cuda.get_device_capability()[0] >= 9
+    for use_tma in (False, True) if hopper else (False,):
+        for pairs in (False, True):
+            out = sla.sla_sparse_attention(q, k, v, kept, kvw, k_sum, bias32, use_tma=use_tma, pairs=pairs)
+            assert relative_error(out, ref) <= 1e-2, (use_tma, pairs, relative_error(out, ref))
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_gpu_fp16_and_fp32_inputs_match_the_reference(dtype):
+    q, k, v = make_qkv(1, 4133, 4, 128, seed=2, dtype=dtype, device="cuda")
+    weight, bias = make_proj(128, device="cuda")
+    out = sla.sla_triton(q, k, v, weight, bias, 0.2)
+    ref = sla.sla_reference(q.float(), k.float(), v.float(), weight, bias, 0.2)
+    assert out.dtype == dtype
+    assert relative_error(out, ref) <= 1e-2  # float32 multiplies in TF32 on the GPU
