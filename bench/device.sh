@@ -27,6 +27,8 @@ for s in "$@"; do
     pipeline-dense) step pipeline-dense 300 python bench/bench_pipeline.py --attention dense --quant none --json "$OUT/pipeline_dense.json" ;;
     forward) step forward 420 python bench/bench_forward.py --json "$OUT/forward.json" ;;
     forward14) step forward14 480 python bench/bench_forward.py --model 14b --res 720p --json "$OUT/forward14.json" ;;
+    scaling) step scaling 540 python bench/bench_scaling.py --rows 16 --json "$OUT/scaling.json" ;;
+    scaling-tiny) step scaling-tiny 300 python bench/bench_scaling.py --rows 8 --model tiny-t2v ;;
     *) echo "unknown step $s" ;;
   esac
 done

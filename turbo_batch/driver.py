@@ -1,8 +1,8 @@
 """The Ray driver: validate, skip what is done, hand rows to GPU-pinned actors, survive actor deaths, summarise.
 
-Ray Core only: a pool of `RenderWorker` actors and a `ray.wait` loop handing out rows dynamically (two in
-flight per actor, so the MP4 encode of one overlaps the GPU work of the next, and a slow GPU never holds the
-batch). Rows are grouped by model so actors do not reload. The driver knows nothing of tensors.
+Ray Core only: a pool of `RenderWorker` actors and a `ray.wait` loop handing out rows dynamically (1 +
+encode_workers in flight per actor, so MP4 encodes overlap the GPU work of the next row, and a slow GPU never
+holds the batch). Rows are grouped by model so actors do not reload. The driver knows nothing of tensors.
 """
 from __future__ import annotations
 
@@ -129,13 +129,13 @@ def _dispatch(todo: list[ManifestRow], cfg, cfg_yaml, out_uri, runtime, n_actors
     import ray
 
     base_dir = os.path.dirname(os.path.abspath(manifest_uri)) if "://" not in manifest_uri else manifest_uri.rsplit("/", 1)[0]
-    Actor = ray.remote(RenderWorker).options(num_gpus=gpus_per_actor, num_cpus=cpus_per_actor, max_concurrency=2,
+    depth = 1 + max(1, int(cfg.render.encode_workers))  # one row on the GPU, the others encoding
+    Actor = ray.remote(RenderWorker).options(num_gpus=gpus_per_actor, num_cpus=cpus_per_actor, max_concurrency=depth,
                                              max_restarts=0)
     queues: dict[str, collections.deque] = collections.defaultdict(collections.deque)
     for r in todo:  # rows grouped by model, in manifest order within a model
         queues[r.params.model].append((r, 1))
     max_attempts = 1 + int(cfg.render.max_retries)
-    depth = 2
     actors: dict[int, object] = {}
     actor_model: dict[int, str | None] = {}
     inflight: dict[object, tuple[int, ManifestRow, int, object]] = {}  # ref -> (slot, row, attempt, actor)

@@ -36,6 +36,18 @@ def encode_mp4(frames: np.ndarray, path: str, *, fps: int = 16, crf: int = 18, t
             container.mux(packet)
 
 
+def encode_mp4_bytes(frames: np.ndarray, fps: int = 16, crf: int = 18, threads: int = 1) -> bytes:
+    """`encode_mp4` into memory (via a private temp file): the unit of work of the actors' encoder processes."""
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="turbo-enc-") as d:
+        path = os.path.join(d, "v.mp4")
+        encode_mp4(frames, path, fps=fps, crf=crf, threads=threads)
+        with open(path, "rb") as f:
+            return f.read()
+
+
 def decode_mp4(path_or_file, max_frames: int | None = None) -> np.ndarray:
     """uint8 [F, H, W, 3] frames of an MP4 (for contact sheets and checks; lossy vs the rendered frames)."""
     import av

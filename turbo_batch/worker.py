@@ -1,16 +1,19 @@
 """What one GPU actor does: keep a pipeline warm, render rows, encode MP4s off the GPU path, write results.
 
 A plain class so it can be tested without Ray; `driver.py` wraps it with `ray.remote(num_gpus=...)`. The actor
-runs with two concurrent calls: a lock serialises GPU rendering while the other call's MP4 encodes and uploads,
-so the encoder never sits on the GPU's critical path. A row's MP4 is durable before its record is written:
+runs several calls concurrently: a lock serialises GPU rendering while the other calls' MP4s encode in a pool of
+encoder processes (libx264 pinned to one thread each, for reproducible bytes) and upload, so the encoder never
+sits on the GPU's critical path. (An 81-frame 832x480 clip can take seconds to encode single-threaded, longer
+than its ~1-3 s of GPU time.) A row's MP4 is durable before its record is written:
 the record is the "done" marker.
 """
 from __future__ import annotations
 
+import concurrent.futures
+import multiprocessing
 import os
 import platform
 import socket
-import tempfile
 import threading
 import time
 import traceback
@@ -21,7 +24,7 @@ from omegaconf import OmegaConf
 from .manifest import decode_image
 from .params import RenderParams
 from .store import Store
-from .video import encode_mp4, sha256_bytes
+from .video import encode_mp4_bytes, sha256_bytes
 
 
 def runtime_id(runtime: dict) -> str:
@@ -51,6 +54,7 @@ class RenderWorker:
         self.name = name
         self.pipeline = None
         self.gpu_lock = threading.Lock()
+        self._encoders: concurrent.futures.ProcessPoolExecutor | None = None
         if self.runtime["device"] == "cpu":
             torch.set_num_threads(max(1, int(self.cfg.render.cpus_per_actor)))
         self.identity = self._identity()
@@ -116,12 +120,13 @@ class RenderWorker:
         return record
 
     def _encode(self, frames: np.ndarray) -> bytes:
-        with tempfile.TemporaryDirectory(prefix="turbo-enc-") as d:
-            path = os.path.join(d, "v.mp4")
-            encode_mp4(frames, path, fps=int(self.cfg.render.fps), crf=int(self.cfg.render.crf),
-                       threads=int(self.cfg.render.encoder_threads))
-            with open(path, "rb") as f:
-                return f.read()
+        args = (frames, int(self.cfg.render.fps), int(self.cfg.render.crf), int(self.cfg.render.encoder_threads))
+        workers = int(self.cfg.render.encode_workers)
+        if workers <= 0:
+            return encode_mp4_bytes(*args)
+        if self._encoders is None:  # forkserver, not fork: the parent holds CUDA state
+            self._encoders = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+        return self._encoders.submit(encode_mp4_bytes, *args).result()
 
 
 def _explain(e: Exception) -> str:
