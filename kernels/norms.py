@@ -94,9 +94,10 @@ if triton is not None:
     @triton.jit
     def _layernorm_modulate_kernel(
         x_ptr, shift_ptr, scale_ptr, out_ptr, L, C, eps,
-        BLOCK_C: tl.constexpr, NORM_DTYPE: tl.constexpr, OUT_DTYPE: tl.constexpr,
+        BLOCK_C: tl.constexpr, NORM_DTYPE: tl.constexpr, OUT_DTYPE: tl.constexpr, ONE_PLUS: tl.constexpr,
     ):
-        """One program per token row; the whole row lives in registers (two-pass mean/variance)."""
+        """One program per token row; the whole row lives in registers (two-pass mean/variance).
+        ONE_PLUS: AdaLN modulation n * (1 + scale) + shift; else an affine LayerNorm n * weight + bias."""
         row = tl.program_id(0).to(tl.int64)
         b = row // L
         cols = tl.arange(0, BLOCK_C)
@@ -109,7 +110,10 @@ if triton is not None:
         n = _round_fp32(d * rstd, NORM_DTYPE)
         sc = tl.load(scale_ptr + b * C + cols, mask=mask, other=0.0)
         sh = tl.load(shift_ptr + b * C + cols, mask=mask, other=0.0)
-        y = n * (1.0 + sc) + sh
+        if ONE_PLUS:
+            y = n * (1.0 + sc) + sh
+        else:
+            y = n * sc + sh
         tl.store(out_ptr + row * C + cols, _round_fp32(y, OUT_DTYPE).to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -128,7 +132,7 @@ def layernorm_modulate_triton(
     block = triton.next_power_of_2(C)
     _layernorm_modulate_kernel[(B * L,)](
         x, shift, scale, out, L, C, eps,
-        BLOCK_C=block, NORM_DTYPE=_TL_DTYPE[x.dtype], OUT_DTYPE=_TL_DTYPE[out.dtype],
+        BLOCK_C=block, NORM_DTYPE=_TL_DTYPE[x.dtype], OUT_DTYPE=_TL_DTYPE[out.dtype], ONE_PLUS=True,
         num_warps=_num_warps(block), enable_fp_fusion=False,
     )
     return out
@@ -142,6 +146,38 @@ def layernorm_modulate(
     if _use_triton(x):
         return layernorm_modulate_triton(x, shift, scale, eps, out_dtype)
     return layernorm_modulate_ref(x, shift, scale, eps, out_dtype)
+
+
+# =========================================================================================== layernorm_affine
+def layernorm_affine_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """WanLayerNorm with elementwise affine (the cross-attention's norm3): fp32 math, one rounding to x.dtype."""
+    return F.layer_norm(x.float(), (x.shape[-1],), weight.float(), bias.float(), eps).to(x.dtype)
+
+
+def layernorm_affine_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Triton `layernorm_affine`: the modulate kernel with (weight, bias) for (scale, shift) and no rounding of
+    the normalized value before the affine (F.layer_norm rounds once, at the end)."""
+    B, L, C = x.shape
+    x = x.contiguous()
+    w = _per_batch_vector(weight.float(), B, C, "weight")
+    b = _per_batch_vector(bias.float(), B, C, "bias")
+    out = torch.empty_like(x)
+    if x.numel() == 0:
+        return out
+    block = triton.next_power_of_2(C)
+    _layernorm_modulate_kernel[(B * L,)](
+        x, b, w, out, L, C, eps,
+        BLOCK_C=block, NORM_DTYPE=tl.float32, OUT_DTYPE=_TL_DTYPE[x.dtype], ONE_PLUS=False,
+        num_warps=_num_warps(block), enable_fp_fusion=False,
+    )
+    return out
+
+
+def layernorm_affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """x [B, L, C]; weight, bias [C] -> LayerNorm(x) * weight + bias in x.dtype (fp32 inside)."""
+    if _use_triton(x):
+        return layernorm_affine_triton(x, weight, bias, eps)
+    return layernorm_affine_ref(x, weight, bias, eps)
 
 
 # =========================================================================================== gated_residual
@@ -272,8 +308,9 @@ if triton is not None:
     def _rmsnorm_rope_kernel(
         x_ptr, w_ptr, cos_ptr, sin_ptr, out_ptr, L, HD, HALF_D, eps,
         BLOCK: tl.constexpr, NORM_DTYPE: tl.constexpr, WPROD_DTYPE: tl.constexpr, OUT_DTYPE: tl.constexpr,
+        ROPE: tl.constexpr,
     ):
-        """One program per token row: sum of squares, normalize, weight, rotate pairs, store [H, D]."""
+        """One program per token row: sum of squares, normalize, weight, rotate pairs (if ROPE), store [H, D]."""
         row = tl.program_id(0).to(tl.int64)
         pos = row % L
         cols = tl.arange(0, BLOCK)
@@ -284,13 +321,16 @@ if triton is not None:
         n = _round_fp32(x * r, NORM_DTYPE)
         w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
         n = _round_fp32(n * w, WPROD_DTYPE)
-        re, im = tl.split(tl.reshape(n, [BLOCK // 2, 2]))
-        pair = tl.arange(0, BLOCK // 2)
-        pmask = pair < HD // 2
-        j = pair % HALF_D
-        c = tl.load(cos_ptr + pos * HALF_D + j, mask=pmask, other=0.0)
-        s = tl.load(sin_ptr + pos * HALF_D + j, mask=pmask, other=0.0)
-        o = tl.reshape(tl.join(re * c - im * s, re * s + im * c), [BLOCK])
+        if ROPE:
+            re, im = tl.split(tl.reshape(n, [BLOCK // 2, 2]))
+            pair = tl.arange(0, BLOCK // 2)
+            pmask = pair < HD // 2
+            j = pair % HALF_D
+            c = tl.load(cos_ptr + pos * HALF_D + j, mask=pmask, other=0.0)
+            s = tl.load(sin_ptr + pos * HALF_D + j, mask=pmask, other=0.0)
+            o = tl.reshape(tl.join(re * c - im * s, re * s + im * c), [BLOCK])
+        else:
+            o = n
         tl.store(out_ptr + row * HD + cols, _round_fp32(o, OUT_DTYPE).to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -318,7 +358,7 @@ def rmsnorm_rope_triton(
     _rmsnorm_rope_kernel[(B * L,)](
         x, weight.contiguous(), cos, sin, out, L, HD, D // 2, eps,
         BLOCK=block, NORM_DTYPE=_TL_DTYPE[norm_dtype], WPROD_DTYPE=_TL_DTYPE[wprod_dtype],
-        OUT_DTYPE=_TL_DTYPE[out.dtype],
+        OUT_DTYPE=_TL_DTYPE[out.dtype], ROPE=True,
         num_warps=_num_warps(block), enable_fp_fusion=False,
     )
     return out
@@ -334,7 +374,54 @@ def rmsnorm_rope(
     return rmsnorm_rope_ref(x, weight, cos, sin, num_heads, eps, out_dtype, weight_in_fp32)
 
 
+# =========================================================================================== rmsnorm
+def rmsnorm_ref(
+    x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, out_dtype: torch.dtype | None = None,
+    weight_in_fp32: bool = False,
+) -> torch.Tensor:
+    """`rmsnorm_rope_ref` without the rotation, [B, L, C] -> [B, L, C] (the cross-attention's q/k norms)."""
+    xf = x.float()
+    n = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + eps)
+    n = (n * weight.float()).to(x.dtype) if weight_in_fp32 else n.to(x.dtype) * weight
+    return n if out_dtype is None else n.to(out_dtype)
+
+
+def rmsnorm_triton(
+    x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, out_dtype: torch.dtype | None = None,
+    weight_in_fp32: bool = False,
+) -> torch.Tensor:
+    """Triton `rmsnorm` (the rmsnorm_rope kernel with the rotation compiled out)."""
+    B, L, C = x.shape
+    x = x.contiguous()
+    if weight_in_fp32:
+        norm_dtype, wprod_dtype = torch.float32, x.dtype
+    else:
+        norm_dtype, wprod_dtype = x.dtype, torch.promote_types(x.dtype, weight.dtype)
+    out = torch.empty((B, L, C), dtype=out_dtype or wprod_dtype, device=x.device)
+    if x.numel() == 0:
+        return out
+    block = triton.next_power_of_2(C)
+    _rmsnorm_rope_kernel[(B * L,)](
+        x, weight.contiguous(), x, x, out, L, C, 1, eps,
+        BLOCK=block, NORM_DTYPE=_TL_DTYPE[norm_dtype], WPROD_DTYPE=_TL_DTYPE[wprod_dtype],
+        OUT_DTYPE=_TL_DTYPE[out.dtype], ROPE=False,
+        num_warps=_num_warps(block), enable_fp_fusion=False,
+    )
+    return out
+
+
+def rmsnorm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, out_dtype: torch.dtype | None = None,
+    weight_in_fp32: bool = False,
+) -> torch.Tensor:
+    """x [B, L, C], weight [C] -> RMSNorm over C (WanRMSNorm rounding by default; see `rmsnorm_rope_ref`)."""
+    if _use_triton(x):
+        return rmsnorm_triton(x, weight, eps, out_dtype, weight_in_fp32)
+    return rmsnorm_ref(x, weight, eps, out_dtype, weight_in_fp32)
+
+
 __all__ = [
+    "layernorm_affine", "layernorm_affine_ref", "layernorm_affine_triton", "rmsnorm", "rmsnorm_ref", "rmsnorm_triton",
     "layernorm_modulate", "layernorm_modulate_ref", "layernorm_modulate_triton",
     "gated_residual", "gated_residual_ref", "gated_residual_triton",
     "rmsnorm_rope", "rmsnorm_rope_ref", "rmsnorm_rope_triton", "rope_cos_sin",

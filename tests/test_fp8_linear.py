@@ -17,11 +17,19 @@ from kernels import fp8_linear as fp8
 from kernels.fp8_linear import (
     FP8_DTYPE,
     FP8Linear,
+    fp8_ffn_gelu,
     fp8_linear,
     fp8_linear_emulated,
+    fp8_matmul_emulated,
+    gelu_tanh_ref,
+    launch_config,
+    quantize_gelu_per_token_fp8,
+    quantize_gelu_per_token_fp8_ref,
     quantize_per_token_fp8,
     quantize_per_token_fp8_ref,
+    quantize_rows_fp8_ref,
     quantize_weight_fp8,
+    row_segments,
 )
 from turbo_batch.models.checkpoints import CheckpointError, read_state_dict, save_safetensors_atomic
 from turbo_batch.models.quantize import (
@@ -92,6 +100,66 @@ def test_quantize_per_token_on_cpu_is_the_torch_reference():
     a, sa = quantize_per_token_fp8(x)
     b, sb = quantize_per_token_fp8_ref(x)
     assert torch.equal(bits(a), bits(b)) and torch.equal(sa, sb)
+
+
+def test_rows_are_covered_by_at_most_three_power_of_two_segments_padding_under_a_sixth():
+    for k in (16, 40, 96, 200, 1536, 4096, 5120, 8960, 13824, 16384):
+        w = row_segments(k)
+        assert all(s == 0 or s & (s - 1) == 0 for s in w) and k <= sum(w) < k + k / 6 + 16
+    assert row_segments(8960) == (8192, 512, 256) and row_segments(1536) == (1024, 512, 0)
+    narrow, wide = launch_config(1536), launch_config(8960)
+    assert narrow["ROWS"] > 1 and wide["ROWS"] == 1 and not narrow["looped"] and not wide["looped"]
+    assert launch_config(8960, max_tile=1024)["looped"] and launch_config(8960) == launch_config(8960)
+
+
+# ============================================================================================ GELU + quantization
+def test_portable_gelu_is_torchs_tanh_gelu_and_exactly_rounded_where_torch_cancels():
+    """x / (1 + exp(-2u)) == 0.5 x (1 + tanh u): within 40 fp32 ulps of the float64 truth for |x| < 6 (bf16
+    inputs), so every bf16 output is the correctly rounded one there; torch's own form loses bits for x < 0."""
+    x = (torch.randn(200_000, generator=torch.Generator().manual_seed(0)) * 3).bfloat16().float()
+    x = x[x.abs() < 6]
+    t = x.double()
+    truth = t / (1 + torch.exp(-2 * 0.7978845608028654 * (t + 0.044715 * t**3)))
+    g = gelu_tanh_ref(x)
+    assert g.dtype == torch.float32
+    assert (((g.double() - truth).abs() / truth.abs().clamp_min(1e-30)) <= 40 * 2**-24).all()
+    assert torch.equal(gelu_tanh_ref(x.bfloat16()), truth.bfloat16())
+    torch_gelu = torch.nn.functional.gelu(x.bfloat16(), approximate="tanh")
+    assert (torch_gelu.float() - truth.float()).abs().max() <= 2**-7 * truth.abs().max()
+
+
+def test_gelu_quantization_is_quantization_of_the_gelu_rounded_to_the_activation_dtype():
+    x = wide_range(16, 96, seed=5)
+    q, s = quantize_gelu_per_token_fp8_ref(x)
+    qr, sr = quantize_rows_fp8_ref(gelu_tanh_ref(x))
+    assert gelu_tanh_ref(x).dtype == torch.bfloat16
+    assert torch.equal(bits(q), bits(qr)) and torch.equal(s, sr)
+    a, sa = quantize_gelu_per_token_fp8(x)
+    assert torch.equal(bits(a), bits(q)) and torch.equal(sa, s)  # CPU: the public op is the reference
+
+
+def test_fp8_ffn_runs_up_gelu_quant_down_and_equals_the_composition_of_its_references():
+    g = torch.Generator().manual_seed(4)
+    up, down = nn.Linear(64, 128), nn.Linear(128, 64)
+    x = torch.randn(2, 9, 64, generator=g).bfloat16()
+    fup, fdown = FP8Linear.from_linear(up), FP8Linear.from_linear(down)
+    y = fp8_ffn_gelu(x, fup, fdown)
+    hq, hs = quantize_gelu_per_token_fp8_ref(fup(x).reshape(-1, 128))
+    want = fp8_matmul_emulated(hq, hs, fdown.weight, fdown.weight_scale, fdown.bias).view(2, 9, 64)
+    assert y.shape == (2, 9, 64) and y.dtype == torch.bfloat16 and torch.equal(y, want)
+    module_chain = fdown(nn.functional.gelu(fup(x), approximate="tanh"))
+    assert rel_err(y, module_chain) < 0.01
+    # two fp8 GEMMs in a row (each ~3.7% on Gaussian data, see above): ~5% against float32
+    assert rel_err(y, down(nn.functional.gelu(up(x.float()), approximate="tanh"))) < 0.08
+
+
+def test_fp8linear_uses_fast_accumulation_by_default_and_forward_quantized_is_forward():
+    lin = nn.Linear(32, 48)
+    m = FP8Linear.from_linear(lin)
+    assert m.use_fast_accum and FP8Linear(32, 48).use_fast_accum
+    assert not FP8Linear.from_linear(lin, use_fast_accum=False).use_fast_accum
+    x = torch.randn(5, 32).bfloat16()
+    assert torch.equal(m.forward_quantized(*quantize_per_token_fp8(x)), m(x))
 
 
 # ============================================================================================ fp8_linear on CPU
@@ -300,17 +368,23 @@ def test_a_tiny_wan_dit_quantized_to_fp8_stays_close_to_float32():
 INTERPRET_SCRIPT = textwrap.dedent(
     """
     import json, torch
-    from kernels.fp8_linear import quantize_per_token_fp8_triton, quantize_per_token_fp8_ref
+    from kernels.fp8_linear import (quantize_per_token_fp8_triton, quantize_per_token_fp8_ref,
+                                    quantize_gelu_per_token_fp8_triton, quantize_gelu_per_token_fp8_ref)
     from tests.test_fp8_linear import wide_range
     out = {}
     for name, m, k, dtype, tile in [("bf16_one_tile", 24, 96, torch.bfloat16, 16384),
                                     ("fp32_one_tile", 9, 40, torch.float32, 16384),
                                     ("bf16_looped_tiles", 6, 200, torch.bfloat16, 64),
-                                    ("bf16_dit_width", 3, 1536, torch.bfloat16, 16384)]:
+                                    ("bf16_dit_width", 3, 1536, torch.bfloat16, 16384),
+                                    ("bf16_rows_not_a_multiple_of_rows_per_program", 37, 200, torch.bfloat16, 16384),
+                                    ("bf16_ffn_width_three_segments", 2, 8960, torch.bfloat16, 16384)]:
         x = wide_range(m, k, seed=len(name), dtype=dtype)
-        q, s = quantize_per_token_fp8_triton(x, max_tile=tile)
-        qr, sr = quantize_per_token_fp8_ref(x)
-        out[name] = {"q": bool(torch.equal(q.view(torch.uint8), qr.view(torch.uint8))), "scale": bool(torch.equal(s, sr))}
+        for op, fn, ref in (("quant", quantize_per_token_fp8_triton, quantize_per_token_fp8_ref),
+                            ("gelu", quantize_gelu_per_token_fp8_triton, quantize_gelu_per_token_fp8_ref)):
+            q, s = fn(x, max_tile=tile)
+            qr, sr = ref(x)
+            eq = {"q": bool(torch.equal(q.view(torch.uint8), qr.view(torch.uint8))), "scale": bool(torch.equal(s, sr))}
+            out[name if op == "quant" else "gelu_" + name] = eq
     print("RESULT" + json.dumps(out))
     """
 )
@@ -326,9 +400,18 @@ def interpreted():
     return json.loads(line[0][len("RESULT"):])
 
 
-@pytest.mark.parametrize("case", ["bf16_one_tile", "fp32_one_tile", "bf16_looped_tiles", "bf16_dit_width"])
+QUANT_CASES = ["bf16_one_tile", "fp32_one_tile", "bf16_looped_tiles", "bf16_dit_width",
+               "bf16_rows_not_a_multiple_of_rows_per_program", "bf16_ffn_width_three_segments"]
+
+
+@pytest.mark.parametrize("case", QUANT_CASES)
 def test_triton_quant_kernel_in_interpreter_mode_is_bitwise_the_torch_reference(interpreted, case):
     assert interpreted[case] == {"q": True, "scale": True}
+
+
+@pytest.mark.parametrize("case", QUANT_CASES)
+def test_fused_gelu_quant_kernel_in_interpreter_mode_is_bitwise_the_torch_reference(interpreted, case):
+    assert interpreted["gelu_" + case] == {"q": True, "scale": True}
 
 
 # ============================================================================================ GPU
@@ -340,6 +423,36 @@ def test_triton_quant_kernel_on_cuda_is_bitwise_the_torch_reference(m, k, tile):
     q, s = fp8.quantize_per_token_fp8_triton(x, max_tile=tile)
     qr, sr = quantize_per_token_fp8_ref(x)
     assert torch.equal(bits(q), bits(qr)) and torch.equal(s, sr)
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("m,k,tile", [(4096, 8960, 16384), (333, 13824, 16384), (1000, 1536, 16384), (257, 8960, 1024)])
+def test_fused_gelu_quant_kernel_on_cuda_is_bitwise_the_torch_reference(m, k, tile):
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("Triton's fp8e4nv needs sm89+")
+    x = wide_range(m, k, seed=k).cuda()
+    q, s = fp8.quantize_gelu_per_token_fp8_triton(x, max_tile=tile)
+    qr, sr = quantize_gelu_per_token_fp8_ref(x)
+    assert torch.equal(bits(q), bits(qr)) and torch.equal(s, sr)
+    xc = x.cpu()  # the reference is the same bits on the CPU
+    assert torch.equal(bits(q.cpu()), bits(quantize_gelu_per_token_fp8_ref(xc)[0]))
+
+
+@pytest.mark.gpu
+@cuda
+def test_fp8_ffn_on_cuda_tracks_the_bf16_ffn_and_repeats_its_bits():
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("row-wise _scaled_mm needs sm89+")
+    torch.manual_seed(0)
+    up, down = nn.Linear(1536, 8960).cuda().bfloat16(), nn.Linear(8960, 1536).cuda().bfloat16()
+    x = torch.randn(2, 2048, 1536, device="cuda").bfloat16()
+    fup, fdown = FP8Linear.from_linear(up), FP8Linear.from_linear(down)
+    y = fp8_ffn_gelu(x, fup, fdown)
+    want = down(nn.functional.gelu(up(x), approximate="tanh"))
+    assert rel_err(y, want) < 0.08  # two fp8 GEMMs (~5%, as on the CPU)
+    assert rel_err(y, fdown(nn.functional.gelu(fup(x), approximate="tanh"))) < 0.01
+    assert torch.equal(bits(y), bits(fp8_ffn_gelu(x, fup, fdown)))
 
 
 @pytest.mark.gpu

@@ -11,6 +11,13 @@ stream in the model dtype. In float32 everything is float32.
 
 Batch invariance: no op mixes batch elements, and the tiny time-embedding MLP runs one row at a time, so a
 row's output does not depend on which other rows share its batch (checked bit-for-bit on CPU by the tests).
+
+Fast path (CUDA, bf16 model, `model.fused = True`, the default): the same math through fused kernels
+(kernels/norms.py): modulated LayerNorm, affine LayerNorm, q/k RMSNorm + RoPE straight into the (B, L, H, D)
+attention layout, gated residual adds in place on the block's own stream; FP8 blocks quantize an activation
+once for q/k/v (and for the cross k/v) and run the FFN hidden activation through fused GELU + quantization.
+Every kernel rounds where the torch path rounds, so the two agree within bf16 rounding; the torch path (CPU,
+float32, `fused = False`) is the specification.
 """
 from __future__ import annotations
 
@@ -21,6 +28,9 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from kernels.fp8_linear import FP8Linear, fp8_ffn_gelu, quantize_per_token_fp8
+from kernels.norms import gated_residual, layernorm_affine, layernorm_modulate, rmsnorm, rmsnorm_rope
 
 from .attention import BACKENDS, attention
 
@@ -103,6 +113,14 @@ def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(rotated).flatten(-2).to(x.dtype)
 
 
+def project(x: torch.Tensor, *linears: nn.Module) -> list[torch.Tensor]:
+    """[linear(x) for linear in linears]; FP8 layers share one quantization of x (same bits as quantizing per layer)."""
+    if len(linears) > 1 and all(isinstance(m, FP8Linear) for m in linears):
+        xq, xs = quantize_per_token_fp8(x.reshape(-1, x.shape[-1]))
+        return [m.forward_quantized(xq, xs).to(x.dtype).view(*x.shape[:-1], m.out_features) for m in linears]
+    return [m(x) for m in linears]
+
+
 # ------------------------------------------------------------------------------------------------ layers
 class LayerNorm(nn.LayerNorm):
     """LayerNorm computed in float32, output in the input dtype (Wan's WanLayerNorm)."""
@@ -173,6 +191,14 @@ class SelfAttention(nn.Module):
         v = self.v(x).unflatten(2, heads)
         return self.o(self.attn_op(q, k, v).flatten(2))
 
+    def forward_fused(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """`forward` with RMSNorm + RoPE fused (rounded once after the weight, like RMSNorm, then once after the
+        rotation, like apply_rope), written directly as (B, L, H, D); cos/sin [L, head_dim/2] fp32."""
+        q, k, v = project(x, self.q, self.k, self.v)
+        q = rmsnorm_rope(q, self.norm_q.weight, cos, sin, self.num_heads, self.norm_q.eps, weight_in_fp32=True)
+        k = rmsnorm_rope(k, self.norm_k.weight, cos, sin, self.num_heads, self.norm_k.eps, weight_in_fp32=True)
+        return self.o(self.attn_op(q, k, v.unflatten(2, (self.num_heads, -1))).flatten(2))
+
 
 class CrossAttention(nn.Module):
     """Video tokens attend to the (zero-padded, unmasked) text context; always dense."""
@@ -191,6 +217,30 @@ class CrossAttention(nn.Module):
         v = self.v(context).unflatten(2, heads)
         return self.o(attention(q, k, v, "dense").flatten(2))
 
+    def forward_fused(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        heads = (self.num_heads, -1)
+        q = rmsnorm(self.q(x), self.norm_q.weight, self.norm_q.eps, weight_in_fp32=True).unflatten(2, heads)
+        k, v = project(context, self.k, self.v)
+        k = rmsnorm(k, self.norm_k.weight, self.norm_k.eps, weight_in_fp32=True).unflatten(2, heads)
+        return self.o(attention(q, k, v.unflatten(2, heads), "dense").flatten(2))
+
+
+class FeedForward(nn.Sequential):
+    """Linear -> GELU(tanh) -> Linear at the checkpoint keys `ffn.0` / `ffn.2`.
+
+    When both Linears are FP8 (quantize_linears_), the fused path never stores the GELU output in bf16: one
+    kernel reads the up projection's output once and writes the down projection's fp8 input (fp8_ffn_gelu).
+    """
+
+    def __init__(self, dim: int, ffn_dim: int):
+        super().__init__(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim))
+
+    def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        up, down = self[0], self[2]
+        if isinstance(up, FP8Linear) and isinstance(down, FP8Linear):
+            return fp8_ffn_gelu(x, up, down)
+        return self(x)
+
 
 class Block(nn.Module):
     """AdaLN block: self-attn (6-way modulated), cross-attn (affine norm3), GELU(tanh) FFN (modulated)."""
@@ -203,7 +253,7 @@ class Block(nn.Module):
         self.norm3 = LayerNorm(dim, cfg.eps, elementwise_affine=True)
         self.cross_attn = CrossAttention(dim, cfg.num_heads, cfg.eps)
         self.norm2 = LayerNorm(dim, cfg.eps, elementwise_affine=False)
-        self.ffn = nn.Sequential(nn.Linear(dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, dim))
+        self.ffn = FeedForward(dim, cfg.ffn_dim)
         self.modulation = nn.Parameter(torch.zeros(1, 6, dim))
 
     def forward(self, x, e6, context, rope):
@@ -212,6 +262,17 @@ class Block(nn.Module):
         x = x + self.cross_attn(self.norm3(x), context)
         x = x + self.ffn(modulate(self.norm2(x), shift_ff, scale_ff)) * gate_ff.to(x.dtype)
         return x
+
+    def forward_fused(self, x, e6, context, cos, sin):
+        """`forward` through the fused kernels. The first residual add writes a new stream (the caller's x is
+        never modified); the other two update that stream in place (each element is read before it is written)."""
+        shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (self.modulation.float() + e6).unbind(1)
+        eps = self.norm1.eps
+        y = self.self_attn.forward_fused(layernorm_modulate(x, shift_sa, scale_sa, eps), cos, sin)
+        x = gated_residual(x, y, gate_sa.to(x.dtype))
+        x.add_(self.cross_attn.forward_fused(layernorm_affine(x, self.norm3.weight, self.norm3.bias, eps), context))
+        y = self.ffn.forward_fused(layernorm_modulate(x, shift_ff, scale_ff, eps))
+        return gated_residual(x, y, gate_ff.to(x.dtype), out=x)
 
 
 class Head(nn.Module):
@@ -226,6 +287,11 @@ class Head(nn.Module):
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         shift, scale = (self.modulation.float() + e.unsqueeze(1)).chunk(2, dim=1)
         return fp32_linear(self.head, self.norm(x).float() * (1 + scale) + shift)
+
+    def forward_fused(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """Norm rounded to x.dtype, modulation in fp32 (as `forward`), in one kernel writing fp32."""
+        shift, scale = (self.modulation.float() + e.unsqueeze(1)).unbind(1)
+        return fp32_linear(self.head, layernorm_modulate(x, shift, scale, self.norm.eps, out_dtype=torch.float32))
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -244,6 +310,7 @@ class WanDiT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.head = Head(cfg)
         self._rope_cache: dict = {}  # not a buffer: the model is built on the meta device
+        self.fused = True  # fused kernels on CUDA for bf16 models; False forces the torch path (for comparisons)
 
     def set_attention(self, backend: str, topk: float = 0.1) -> None:
         """Choose the self-attention kernel of every block; cross-attention stays dense."""
@@ -254,10 +321,23 @@ class WanDiT(nn.Module):
             block.self_attn.attn_op.topk = float(topk)
 
     def rope(self, grid: tuple[int, int, int], device) -> torch.Tensor:
-        key = (*grid, str(device))
+        """Complex RoPE table of the torch path, built once per (grid, device)."""
+        key = ("complex", *grid, str(device))
         if key not in self._rope_cache:
             self._rope_cache[key] = rope_tables(self.cfg.head_dim, grid, device)
         return self._rope_cache[key]
+
+    def rope_cos_sin(self, grid: tuple[int, int, int], device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same rotations as fp32 cos/sin [L, head_dim/2] for the fused kernel, built once per (grid, device)."""
+        key = ("cos_sin", *grid, str(device))
+        if key not in self._rope_cache:
+            table = rope_tables(self.cfg.head_dim, grid, "cpu").flatten(1)
+            self._rope_cache[key] = (table.real.contiguous().to(device), table.imag.contiguous().to(device))
+        return self._rope_cache[key]
+
+    def use_fused(self, x: torch.Tensor, dtype: torch.dtype) -> bool:
+        """The fused-kernel path runs for bf16 models on CUDA unless `fused` is off."""
+        return bool(self.fused) and x.is_cuda and dtype == torch.bfloat16
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C, T, H, W] -> tokens [B, L, dim]: the Conv3d as one GEMM over (c, kt, kh, kw) patches."""
@@ -298,6 +378,11 @@ class WanDiT(nn.Module):
         e, e6 = self.time_embed(timestep.to(x.device))
         context = F.pad(context.to(dtype), (0, 0, 0, cfg.text_len - context.shape[1]))
         context = self.text_embedding(context)
+        if self.use_fused(x, dtype):
+            cos, sin = self.rope_cos_sin(grid, x.device)
+            for block in self.blocks:
+                h = block.forward_fused(h, e6, context, cos, sin)
+            return self.unpatchify(self.head.forward_fused(h, e), grid)
         rope = self.rope(grid, x.device)
         for block in self.blocks:
             h = block(h, e6, context, rope)

@@ -44,13 +44,14 @@ def quantize_linears_(
     within: str = "blocks",
     skip: Iterable[str] = ("proj_l",),
     compute_device: torch.device | str | None = None,
-    use_fast_accum: bool = False,
+    use_fast_accum: bool = True,
 ) -> nn.Module:
     """Replace each target nn.Linear (see `fp8_target_names`) by an FP8Linear quantized from its weight, in place.
 
     One layer at a time: the bf16 weight is released as soon as its fp8 copy exists. `compute_device` (e.g.
     "cuda" for a model still on CPU) runs the quantization there and brings the result back to the layer's
     device; the bits are the same either way. Meta-device layers become empty FP8Linear shells.
+    `use_fast_accum` (CUDA GEMM accumulation mode, see FP8Linear) defaults on, like FP8Linear's.
     """
     for name in fp8_target_names(module, within=within, skip=skip):
         linear = module.get_submodule(name)

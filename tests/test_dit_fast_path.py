@@ -1,0 +1,138 @@
+"""Specification of the DiT's fused fast path (CUDA, bf16): the same math as the torch path within bf16
+rounding, deterministic, and never touching the caller's tensors. On CPU the fused path is run with every
+kernel's torch reference (forced through `use_fused`), which checks its wiring and dtype semantics."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels.norms import rope_cos_sin
+from turbo_batch.models.dit import DiTConfig, FeedForward
+from turbo_batch.models.dit_checkpoints import random_dit
+from turbo_batch.models.quantize import quantize_linears_
+from tests.test_dit import inputs, tiny_config
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def forced_fused(model):
+    """The model with the fused path switched on whatever the device (CPU: the kernels' torch references)."""
+    model.use_fused = lambda x, dtype: True
+    return model
+
+
+def test_the_fused_path_is_on_by_default_but_only_for_bf16_models_on_cuda():
+    m = random_dit(tiny_config(), seed=1, dtype=torch.bfloat16)
+    assert m.fused is True
+    x = torch.zeros(1)
+    assert not m.use_fused(x, torch.bfloat16)  # CPU
+    if torch.cuda.is_available():
+        assert m.use_fused(x.cuda(), torch.bfloat16) and not m.use_fused(x.cuda(), torch.float32)
+        m.fused = False
+        assert not m.use_fused(x.cuda(), torch.bfloat16)
+
+
+@pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
+def test_fused_wiring_with_torch_references_tracks_the_torch_path_on_cpu(fp8):
+    m = random_dit(tiny_config(), seed=3, dtype=torch.bfloat16).eval()
+    if fp8:
+        quantize_linears_(m)
+    x, t, context = inputs(m.cfg, batch=2)
+    with torch.no_grad():
+        want = m(x, t, context)
+        got = forced_fused(m)(x, t, context)
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    assert rel_l2(got, want) < 1e-3  # measured 0 (bit-identical) on CPU
+
+
+def test_a_fused_block_leaves_the_callers_stream_untouched():
+    m = random_dit(tiny_config(), seed=3, dtype=torch.bfloat16).eval()
+    cfg = m.cfg
+    grid = (2, 2, 3)
+    h = torch.randn(1, 12, cfg.dim).bfloat16()
+    before = h.clone()
+    e, e6 = m.time_embed(torch.tensor([500.0]))
+    context = m.text_embedding(torch.randn(1, cfg.text_len, cfg.text_dim).bfloat16())
+    with torch.no_grad():
+        out = m.blocks[0].forward_fused(h, e6, context, *m.rope_cos_sin(grid, "cpu"))
+        want = m.blocks[0](h, e6, context, m.rope(grid, "cpu"))
+    assert torch.equal(h, before) and out.data_ptr() != h.data_ptr()
+    assert rel_l2(out, want) < 1e-3
+
+
+def test_rope_cos_sin_is_cached_per_grid_and_equals_the_complex_table():
+    m = random_dit(tiny_config(), seed=1)
+    cos, sin = m.rope_cos_sin((2, 3, 4), "cpu")
+    assert m.rope_cos_sin((2, 3, 4), "cpu")[0] is cos
+    table = m.rope((2, 3, 4), "cpu").flatten(1)
+    assert cos.shape == (24, m.cfg.head_dim // 2) and cos.is_contiguous()
+    assert torch.equal(cos, table.real) and torch.equal(sin, table.imag)
+    c2, s2 = rope_cos_sin(2, 3, 4, m.cfg.head_dim)
+    torch.testing.assert_close(cos, c2, rtol=0, atol=1e-7)
+
+
+def test_the_ffn_keeps_the_checkpoint_keys_and_is_a_plain_sequential_when_not_fp8():
+    ffn = FeedForward(32, 64)
+    assert set(ffn.state_dict()) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    x = torch.randn(3, 32)
+    assert torch.equal(ffn.forward_fused(x), ffn(x))
+
+
+# ------------------------------------------------------------------------------------------------ GPU
+def gpu_case(fp8: bool):
+    cfg = DiTConfig(dim=512, ffn_dim=1536, num_heads=4, num_layers=3, text_dim=256, text_len=128)
+    m = random_dit(cfg, seed=5, device="cuda", dtype=torch.bfloat16, on_device=True).eval()
+    if fp8:
+        quantize_linears_(m)
+    x, t, context = (u.cuda() for u in inputs(cfg, batch=2, frames=5, height=30, width=52, ctx_len=100))
+    return m, (x, t[:2], context)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
+def test_gpu_fused_forward_matches_the_torch_path_and_repeats_its_bits(fp8):
+    if fp8 and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 needs sm89+")
+    m, args = gpu_case(fp8)
+    with torch.no_grad():
+        fused = m(*args)
+        again = m(*args)
+        m.fused = False
+        plain = m(*args)
+    assert torch.isfinite(fused).all()
+    assert rel_l2(fused, plain) <= 1e-2
+    assert torch.equal(fused, again)
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_fp8_fused_forward_stays_within_3_percent_of_bf16():
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 needs sm89+")
+    ref, args = gpu_case(False)
+    m, _ = gpu_case(True)
+    with torch.no_grad():
+        assert rel_l2(m(*args), ref(*args)) <= 3e-2
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_fused_forward_peaks_below_the_torch_path_which_makes_fp32_copies():
+    """The torch path casts the stream to fp32 around every norm; the fused kernels never materialize that."""
+    m, args = gpu_case(False)
+    peaks = []
+    for fused in (True, False):
+        m.fused = fused
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        with torch.no_grad():
+            m(*args)
+        torch.cuda.synchronize()
+        peaks.append(torch.cuda.max_memory_allocated() - base)
+    assert peaks[0] < peaks[1]
