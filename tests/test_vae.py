@@ -156,6 +156,21 @@ def test_calls_leave_no_state_behind_so_interleaved_calls_agree(vae):
     assert {id(m): set(vars(m)) for m in vae.modules()} == attrs
 
 
+def test_concurrent_calls_on_one_model_do_not_interfere(vae):
+    import threading
+
+    latents = [latent(3, seed=s) for s in (30, 31)]
+    expected = [vae.decode(z) for z in latents]
+    results: dict[int, torch.Tensor] = {}
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, vae.decode(latents[i]))) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(2):
+        assert torch.allclose(results[i], expected[i], atol=1e-6)
+
+
 def test_normalisation_is_applied_inside_encode_and_undone_inside_decode(tiny_cfg):
     """With z_dim 16, encode returns (mu - mean) / std: shifting mu by `mean` in the conv bias shows it."""
     model = random_vae(tiny_cfg, seed=1)

@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--i2v", action="store_true", help="add I2V rows (tiny-i2v) with a generated input image")
     d.set_defaults(func=cmd_demo)
 
+    from .tools_cli import add_tool_commands
+
+    add_tool_commands(sub)
     return p
 
 

@@ -65,6 +65,8 @@ def render(manifest_uri: str, out_uri: str, cfg: DictConfig, *, address: str | N
     import ray
 
     t_start = time.time()
+    if "://" not in manifest_uri:
+        manifest_uri = os.path.abspath(manifest_uri)  # recorded in summary.json: `verify` finds images from it
     table = read_manifest(manifest_uri)
     rows = validate(table, cfg, manifest_uri)
     connect_ray(address)

@@ -179,7 +179,7 @@ def validate(table: pa.Table, cfg: DictConfig, manifest_uri: str | None = None, 
             row.params = resolve_params({k: raw.get(k) for k in (*PARAM_FIELDS, "seed")}, cfg,
                                         has_image=image is not None, image_size=image_size)
         except ParamError as e:
-            row.error = f"{e.field}: {e}"
+            row.error = e.row_error()
     return rows
 
 

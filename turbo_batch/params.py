@@ -31,6 +31,10 @@ class ParamError(ValueError):
         self.field, self.value, self.allowed = field, value, allowed
         super().__init__(f"{field}={value!r} is invalid: {allowed}")
 
+    def row_error(self) -> str:
+        """The form used in the index: "<field>: <value> is invalid: <what is allowed>"."""
+        return f"{self.field}: {self.value!r} is invalid: {self.allowed}"
+
 
 @dataclass(frozen=True)
 class RenderParams:

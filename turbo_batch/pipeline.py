@@ -56,7 +56,7 @@ def prepare_image(image: np.ndarray, width: int, height: int) -> torch.Tensor:
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be uint8 [h, w, 3], got {image.dtype} {image.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+    x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
     h, w = image.shape[:2]
     scale = max(width / w, height / h)
     rh, rw = max(height, round(h * scale)), max(width, round(w * scale))

@@ -135,7 +135,7 @@ def _explain(e: Exception) -> str:
         return (f"render: GPU out of memory ({e}); lower num_frames/resolution, set runtime.quant=fp8 or "
                 "runtime.offload_text_encoder=true, or give actors more GPUs (render.gpus_per_actor)")
     if name == "ParamError":
-        return f"{e.field}: {e}"
+        return e.row_error()
     return f"render: {name}: {e}"
 
 
