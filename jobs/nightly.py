@@ -27,8 +27,11 @@ if __name__ == "__main__":
     p.add_argument("manifest")
     p.add_argument("--root", required=True, help="folder or URI that holds one dated output folder per night")
     p.add_argument("--date", default=None, help="override the folder date (YYYY-MM-DD), e.g. to re-run a night")
-    p.add_argument("overrides", nargs="*")
-    args = p.parse_args()
+    args, overrides = p.parse_known_args()
+    bad = [a for a in overrides if "=" not in a or a.startswith("-")]
+    if bad:
+        p.error(f"unrecognized arguments: {' '.join(bad)} (config overrides are key=value, e.g. sampling.steps=2)")
+    args.overrides = overrides
     out = dated_out(args.root, args.date)
     code = main(["render", args.manifest, "--out", out, *args.overrides])
     if code in (0, 1):

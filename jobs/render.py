@@ -21,8 +21,12 @@ def parse(argv):
     p.add_argument("manifest", nargs="?", help="Parquet manifest (local path or URI)")
     p.add_argument("--out", required=True)
     p.add_argument("--demo", action="store_true", help="render the built-in example manifest")
-    p.add_argument("overrides", nargs="*")
-    return p.parse_args(argv)
+    args, extra = p.parse_known_args(argv)
+    bad = [a for a in extra if "=" not in a or a.startswith("-")]
+    if bad:
+        p.error(f"unrecognized arguments: {' '.join(bad)} (config overrides are key=value, e.g. sampling.steps=2)")
+    args.overrides = extra
+    return args
 
 
 if __name__ == "__main__":
