@@ -192,11 +192,12 @@ def random_init_(module: nn.Module, seed: int, *, std_scale: float = 1.0, on_dev
         dev = p.device if on_device else torch.device("cpu")
         g = torch.Generator(device=dev).manual_seed((seed * 1_000_003 + _stable_hash(name)) % (2**63))
         shape = p.shape
-        if p.ndim >= 2:
+        is_gain = name.endswith("gamma") or ("norm" in name and name.endswith("weight"))  # VAE gammas are [C,1,1,1]
+        if is_gain:
+            val = 1.0 + 0.1 * torch.randn(shape, generator=g, device=dev)
+        elif p.ndim >= 2:
             fan_in = math.prod(shape[1:])
             val = torch.randn(shape, generator=g, device=dev) * (std_scale / math.sqrt(fan_in))
-        elif "norm" in name and name.endswith("weight"):
-            val = 1.0 + 0.1 * torch.randn(shape, generator=g, device=dev)
         else:
             val = 0.02 * torch.randn(shape, generator=g, device=dev)
         p.copy_(val.to(p.dtype))
