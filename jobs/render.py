@@ -36,4 +36,8 @@ if __name__ == "__main__":
         manifest = write_demo_manifest(os.path.join(args.out, "demo_manifest.parquet"), rows=4, i2v=True)
     elif manifest is None:
         sys.exit("give a MANIFEST, or --demo for the built-in example")
-    sys.exit(main(["render", manifest, "--out", args.out, *args.overrides]))
+    code = main(["render", manifest, "--out", args.out, *args.overrides])
+    if args.demo and code in (0, 1):  # show the newcomer the picture, not only the table
+        main(["report", args.out])
+        print(f"open {os.path.join(args.out, 'report.html')} in a browser to see the videos", file=sys.stderr)
+    sys.exit(code)
