@@ -42,12 +42,14 @@ LOG2E = 1.4426950408889634
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 
 # The Triton path computes the linear-branch statistics in chunks of k-blocks, one program per (chunk, b, h),
-# then sums the chunk partials in a fixed order. The chunk size depends only on the shape (never on the
-# device), so the bits are the same on every GPU; this constant aims at a few programs per SM.
-_STATS_TARGET_PROGRAMS = 512
+# then sums the chunk partials in a fixed order (`_sla_finalize_kernel`). The chunk size depends only on the shape
+# (never on the device), so the bits are the same on every GPU. ~2 programs per H100/H200 SM: enough to fill the
+# machine, while the partials (D*D + 2D floats per program) stay a few MB instead of tens.
+STATS_LAUNCH = dict(target_programs=264, num_warps=8, num_stages=2)
 # Kernel variants, fixed per dtype/device (bench/bench_attention.py times all of them):
-# Hopper and newer load K/V tiles with TMA (host tensor descriptors); pointer loads elsewhere / when not possible.
-USE_TMA_ON_HOPPER = True
+# TMA loads of K/V tiles (host tensor descriptors) measured slower than pointer loads on an H200 at both Wan
+# shapes (1.62 vs 1.57 ms at 1.3B, 27.1 vs 26.1 ms at 14B), so pointer loads are the default everywhere.
+USE_TMA_ON_HOPPER = False
 # Hopper and newer, 16-bit inputs: one online-softmax update per two kept k-blocks (halves the rescaling work).
 PAIR_KV_BLOCKS = True
 # Set when an auto-picked Hopper variant failed to compile with the installed Triton (warned once).
@@ -175,6 +177,8 @@ if triton is not None:
     # float32 inputs multiply on tensor cores in TF32 (Triton's exact-FMA dot spills heavily at these tiles);
     # bf16/fp16 inputs ignore it. Pinned here so an environment default can never change the bits.
     FP32_DOT_PRECISION = tl.constexpr("tf32")
+    _SIGN_BIT_U32 = tl.constexpr(0x80000000)
+    _ALL_BITS_U32 = tl.constexpr(0xFFFFFFFF)
 
     @triton.jit
     def _sla_stats_kernel(
@@ -237,6 +241,73 @@ if triton is not None:
         tl.store(stats + offs_d[:, None] * D + offs_d[None, :], kv * inv_len)
         tl.store(stats + D * D + offs_d, phi_k_sum * inv_len)
         tl.store(stats + D * D + D + offs_d, k_total * inv_len)
+
+    @triton.jit
+    def _sla_finalize_kernel(
+        STATS, W, K_POOL, KVW, KSUM, n_chunks, n_kblocks,
+        D: tl.constexpr, ROWS: tl.constexpr, POOL_TILE: tl.constexpr,
+    ):
+        """Second stage of the statistics, one program per (b, h, ROWS of the head dim), no atomics:
+
+        * sums the chunk partials in chunk order (fixed, so the bits never depend on scheduling);
+        * KSUM = sum phi(k) / L and KVW = diag(1 / KSUM) (phi(k)^T v / L) @ W^T, cast to KVW's dtype (the
+          linear branch's factors for the fused kernel's epilogue);
+        * smooths the pooled keys in place, k_pool -= mean_L(k), for the router's scores.
+        """
+        pid_bh = tl.program_id(0).to(tl.int64)
+        rows = tl.program_id(1) * ROWS + tl.arange(0, ROWS)
+        offs_d = tl.arange(0, D)
+        kv = tl.zeros([ROWS, D], dtype=tl.float32)
+        phi_sum = tl.zeros([ROWS], dtype=tl.float32)
+        k_mean = tl.zeros([ROWS], dtype=tl.float32)
+        for c in range(0, n_chunks):
+            part = STATS + (pid_bh * n_chunks + c) * (D * D + 2 * D)
+            kv += tl.load(part + rows[:, None] * D + offs_d[None, :])
+            phi_sum += tl.load(part + D * D + rows)
+            k_mean += tl.load(part + D * D + D + rows)
+        tl.store(KSUM + pid_bh * D + rows, phi_sum)
+        kv_rows = kv / tl.maximum(phi_sum, 1e-30)[:, None]  # phi(k)-weighted means of v
+        w_t = tl.load(W + offs_d[None, :] * D + offs_d[:, None]).to(tl.float32)  # W^T[i, j] = W[j, i]
+        kvw = tl.dot(kv_rows, w_t, input_precision=FP32_DOT_PRECISION)
+        tl.store(KVW + pid_bh * D * D + rows[:, None] * D + offs_d[None, :], kvw.to(KVW.dtype.element_ty))
+        offs_n = tl.arange(0, POOL_TILE)
+        pool = K_POOL + pid_bh * n_kblocks * D + rows[None, :]
+        for n0 in range(0, n_kblocks, POOL_TILE):
+            m = ((n0 + offs_n) < n_kblocks)[:, None]
+            p = pool + (n0 + offs_n)[:, None] * D
+            tl.store(p, tl.load(p, mask=m, other=0.0) - k_mean[None, :], mask=m)
+
+    @triton.jit
+    def _sla_select_kernel(
+        SCORES, KEPT, n_rows, n_kblocks, n_keep,
+        ROWS: tl.constexpr, NK: tl.constexpr,
+    ):
+        """Top-n_keep k-blocks of ROWS score rows, written in ascending block order (int32), no sort:
+
+        the n_keep-th largest score is found by a 32-step bisection on an order-preserving uint32 key of the
+        float; blocks above it are kept, and of the blocks equal to it the lowest indices fill the remaining
+        slots, which is exactly a stable descending sort cut at n_keep (ties toward the lower index). Each kept
+        block's slot is the count of kept blocks before it (a prefix sum), so rows come out sorted.
+        """
+        rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+        cols = tl.arange(0, NK)
+        real = (rows < n_rows)[:, None] & (cols < n_kblocks)[None, :]
+        s = tl.load(SCORES + rows[:, None] * n_kblocks + cols[None, :], mask=real, other=0.0)
+        s = tl.where(s == 0.0, 0.0, s)  # -0.0 ties with +0.0, as in torch.sort
+        bits = s.to(tl.uint32, bitcast=True)
+        key = tl.where((bits & _SIGN_BIT_U32) != 0, bits ^ _ALL_BITS_U32, bits | _SIGN_BIT_U32)
+        key = tl.where(real, key, 0)
+        threshold = tl.zeros([ROWS], dtype=tl.uint32)
+        for i in tl.static_range(32):
+            cand = threshold | (_SIGN_BIT_U32 >> i)
+            n_at_least = tl.sum((key >= cand[:, None]).to(tl.int32), axis=1)
+            threshold = tl.where(n_at_least >= n_keep, cand, threshold)
+        above = real & (key > threshold[:, None])
+        tied = real & (key == threshold[:, None])
+        room = n_keep - tl.sum(above.to(tl.int32), axis=1)
+        keep = above | (tied & (tl.cumsum(tied.to(tl.int32), axis=1) <= room[:, None]))
+        slot = tl.cumsum(keep.to(tl.int32), axis=1) - 1
+        tl.store(KEPT + rows[:, None] * n_keep + slot, tl.broadcast_to(cols[None, :], (ROWS, NK)), mask=keep)
 
     @triton.jit
     def _load_kv_tile(X, tile, row0, col0, start_n, stride_l, offs_n, L,
@@ -372,7 +443,7 @@ if triton is not None:
             denom = tl.sum(w, axis=1) + eps_over_len * tl.sum(e, axis=1)
             kvw = tl.load(KVW + pid_bh.to(tl.int64) * D * D + offs_d[:, None] * D + offs_d[None, :])
             acc = tl.dot((w / denom[:, None]).to(kvw.dtype), kvw, acc, input_precision=FP32_DOT_PRECISION)
-            acc += tl.load(BIAS + offs_d)[None, :]
+            acc += tl.load(BIAS + offs_d).to(tl.float32)[None, :]
 
         o_ptrs = O + b.to(tl.int64) * stride_ob + h * stride_oh + offs_m[:, None] * stride_ol + offs_d[None, :]
         tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=row_real)
@@ -386,10 +457,10 @@ def _launch_config(dtype: torch.dtype, pairs: bool = False) -> dict:
     float32 runs unpipelined (~130 KB).
     """
     fma = dict(enable_fp_fusion=True)  # pinned: Triton 3.10 flips its default, which would change the bits
+    stats = dict(num_warps=STATS_LAUNCH["num_warps"], num_stages=STATS_LAUNCH["num_stages"], **fma)
     if dtype == torch.float32:
-        return dict(attention=dict(num_warps=8, num_stages=1, **fma), stats=dict(num_warps=8, num_stages=1, **fma))
-    return dict(attention=dict(num_warps=8, num_stages=2 if pairs else 3, **fma),
-                stats=dict(num_warps=8, num_stages=2, **fma))
+        return dict(attention=dict(num_warps=8, num_stages=1, **fma), stats={**stats, "num_stages": 1})
+    return dict(attention=dict(num_warps=8, num_stages=2 if pairs else 3, **fma), stats=stats)
 
 
 def _tma_layout_ok(x: torch.Tensor) -> bool:
@@ -414,16 +485,18 @@ def _as_kernel_input(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def sla_prologue(q, k, v, block_q: int = 128, block_k: int = 64):
-    """One Triton pass over q, k, v -> (pooled q, pooled k, mean k, phi(k)^T v / L, sum phi(k) / L), float32.
+def sla_prologue(q, k, v, proj_weight, block_q: int = 128, block_k: int = 64, kvw_dtype=None):
+    """Two Triton launches over q, k, v -> (pooled q, smoothed pooled k, kvw, sum phi(k) / L).
 
-    Shapes: (B, H, nq, D), (B, H, nk, D), (B, H, D), (B, H, D, D), (B, H, D). The linear statistics are chunk
-    partials summed in a fixed order (the chunking depends on the shape only).
+    Shapes: (B, H, nq, D) and (B, H, nk, D) float32 (the router's inputs: pooled k already has mean_L(k)
+    subtracted), kvw (B, H, D, D) in kvw_dtype (default q's) = diag(1 / sum phi(k)) (phi(k)^T v) @ W^T, and
+    (B, H, D) float32. The statistics pass writes per-chunk partials; the finalize kernel sums them in chunk
+    order (the chunking depends on the shape only).
     """
     B, L, H, D = q.shape
     ratio = block_q // block_k
     nq, nk = -(-L // block_q), -(-L // block_k)
-    blocks_per_chunk = max(1, -(-(B * H * nk) // _STATS_TARGET_PROGRAMS))
+    blocks_per_chunk = max(1, -(-(B * H * nk) // STATS_LAUNCH["target_programs"]))
     blocks_per_chunk = -(-blocks_per_chunk // ratio) * ratio
     n_chunks = -(-nk // blocks_per_chunk)
     f32 = dict(dtype=torch.float32, device=q.device)
@@ -437,9 +510,32 @@ def sla_prologue(q, k, v, block_q: int = 128, block_k: int = 64):
         L, H, nq, nk, blocks_per_chunk, 1.0 / L,
         D=D, BLOCK_N=block_k, RATIO=ratio, **_launch_config(q.dtype)["stats"],
     )
-    totals = stats.sum(2)
-    kv_mean = totals[..., : D * D].unflatten(-1, (D, D))
-    return q_pool, k_pool, totals[..., D * D + D :], kv_mean, totals[..., D * D : D * D + D]
+    weight = proj_weight.detach().to(device=q.device)
+    if weight.shape != (D, D):
+        raise ValueError(f"proj_l weight must be ({D}, {D}), got {tuple(weight.shape)}")
+    weight = weight.contiguous()
+    kvw = torch.empty(B, H, D, D, dtype=kvw_dtype or q.dtype, device=q.device)
+    k_sum_mean = torch.empty(B, H, D, **f32)
+    rows = min(32, D)
+    _sla_finalize_kernel[(B * H, D // rows)](
+        stats, weight, k_pool, kvw, k_sum_mean, n_chunks, nk, D=D, ROWS=rows, POOL_TILE=64,
+        num_warps=4, num_stages=1, enable_fp_fusion=True,
+    )
+    return q_pool, k_pool, kvw, k_sum_mean
+
+
+def sla_select_blocks(scores: torch.Tensor, n_keep: int) -> torch.Tensor:
+    """scores (B, H, nq, nk) float32 -> int32 (B, H, nq, n_keep): the n_keep best k-blocks of every row in
+    ascending order, ties to the lower index; one Triton launch, the same choice as `_rank_blocks`' two sorts."""
+    B, H, nq, nk = scores.shape
+    scores = scores.contiguous()
+    kept = torch.empty(B, H, nq, n_keep, dtype=torch.int32, device=scores.device)
+    n_rows, width = B * H * nq, triton.next_power_of_2(nk)
+    rows = max(1, min(16, 4096 // width))
+    _sla_select_kernel[(-(-n_rows // rows),)](
+        scores, kept, n_rows, nk, n_keep, ROWS=rows, NK=width, num_warps=4 if width * rows <= 4096 else 8,
+    )
+    return kept
 
 
 def sla_sparse_attention(q, k, v, kept, kvw=None, k_sum_mean=None, bias=None, block_q: int = 128,
@@ -514,17 +610,15 @@ def _check_triton_inputs(q, k, v, block_q: int, block_k: int):
 
 
 def sla_triton_plan(q, k, v, proj_weight, proj_bias, topk: float, block_q: int = 128, block_k: int = 64):
-    """Everything before the fused kernel: (kept blocks, kvw, sum phi(k) / L, bias), from one Triton pass.
+    """Everything before the fused kernel: (kept blocks, kvw, sum phi(k) / L, bias), in four launches
+    (statistics, finalize, the score matmul, the top-k selection), with no host sync.
 
     Routing matches `sla_router` up to float32 summation order inside a block (it could only differ on
     scores that tie to ~1e-7).
     """
-    q_pool, k_pool, k_mean, kv_mean, k_sum_mean = sla_prologue(q, k, v, block_q, block_k)
-    kept = _rank_blocks(q_pool, k_pool, k_mean, n_kept_blocks(topk, k_pool.shape[2]))
-    weight = proj_weight.detach().to(device=q.device, dtype=torch.float32)
+    q_pool, k_pool, kvw, k_sum_mean = sla_prologue(q, k, v, proj_weight, block_q, block_k)
+    kept = sla_select_blocks(q_pool @ k_pool.transpose(-1, -2), n_kept_blocks(topk, k_pool.shape[2]))
     bias = proj_bias.detach().to(device=q.device, dtype=torch.float32).contiguous()
-    kv_rows = kv_mean / k_sum_mean.clamp_min(1e-30)[..., :, None]  # phi(k)-weighted means of v
-    kvw = (kv_rows @ weight.transpose(0, 1)).to(q.dtype).contiguous()
     return kept, kvw, k_sum_mean, bias
 
 

@@ -63,6 +63,30 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
+def e4m3_steps_apart(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """|position of a - position of b| on the ordered e4m3fn grid (+0 and -0 are the same point)."""
+    def ordinal(t):
+        u = t.view(torch.uint8).to(torch.int32)
+        mag = u & 0x7F
+        return torch.where(u & 0x80 != 0, -mag, mag)
+    return (ordinal(a) - ordinal(b)).abs()
+
+
+def gelu_quant_agreement(q, s, qr, sr) -> dict:
+    """How far the fast-math GELU+quant kernel is from the portable reference: worst e4m3 step distance,
+    fraction of codes that differ, worst relative scale difference."""
+    steps = e4m3_steps_apart(q.cpu(), qr.cpu())
+    return {"max_steps": int(steps.max()), "frac_diff": float((steps > 0).float().mean()),
+            "scale_rel": float(((s.cpu() - sr.cpu()).abs() / sr.cpu()).max())}
+
+
+# GELU+quant kernel vs reference: the kernel's GELU is within one bf16 ulp (2^-7 relative at worst) of the
+# reference before quantization, so a row's amax (and scale) may move by that much and codes by one e4m3 step,
+# on a small fraction of elements.
+GELU_SCALE_REL = 2.0**-7
+GELU_FRAC_DIFF = 0.05
+
+
 # ============================================================================================ quantization
 def test_weight_quantization_gives_one_fp32_scale_per_output_channel_equal_to_amax_over_448():
     w = torch.randn(48, 80, dtype=torch.bfloat16)
@@ -370,7 +394,7 @@ INTERPRET_SCRIPT = textwrap.dedent(
     import json, torch
     from kernels.fp8_linear import (quantize_per_token_fp8_triton, quantize_per_token_fp8_ref,
                                     quantize_gelu_per_token_fp8_triton, quantize_gelu_per_token_fp8_ref)
-    from tests.test_fp8_linear import wide_range
+    from tests.test_fp8_linear import wide_range, gelu_quant_agreement
     out = {}
     for name, m, k, dtype, tile in [("bf16_one_tile", 24, 96, torch.bfloat16, 16384),
                                     ("fp32_one_tile", 9, 40, torch.float32, 16384),
@@ -383,8 +407,13 @@ INTERPRET_SCRIPT = textwrap.dedent(
                             ("gelu", quantize_gelu_per_token_fp8_triton, quantize_gelu_per_token_fp8_ref)):
             q, s = fn(x, max_tile=tile)
             qr, sr = ref(x)
-            eq = {"q": bool(torch.equal(q.view(torch.uint8), qr.view(torch.uint8))), "scale": bool(torch.equal(s, sr))}
-            out[name if op == "quant" else "gelu_" + name] = eq
+            if op == "quant":
+                out[name] = {"q": bool(torch.equal(q.view(torch.uint8), qr.view(torch.uint8))),
+                             "scale": bool(torch.equal(s, sr))}
+            else:
+                q2, s2 = fn(x, max_tile=tile)
+                out["gelu_" + name] = {**gelu_quant_agreement(q, s, qr, sr), "repeat": bool(
+                    torch.equal(q.view(torch.uint8), q2.view(torch.uint8)) and torch.equal(s, s2))}
     print("RESULT" + json.dumps(out))
     """
 )
@@ -410,8 +439,10 @@ def test_triton_quant_kernel_in_interpreter_mode_is_bitwise_the_torch_reference(
 
 
 @pytest.mark.parametrize("case", QUANT_CASES)
-def test_fused_gelu_quant_kernel_in_interpreter_mode_is_bitwise_the_torch_reference(interpreted, case):
-    assert interpreted["gelu_" + case] == {"q": True, "scale": True}
+def test_fused_gelu_quant_kernel_in_interpreter_mode_is_within_one_e4m3_step_and_repeats_bitwise(interpreted, case):
+    r = interpreted["gelu_" + case]
+    assert r["repeat"] and r["max_steps"] <= 1 and r["frac_diff"] <= GELU_FRAC_DIFF, r
+    assert r["scale_rel"] <= GELU_SCALE_REL, r
 
 
 # ============================================================================================ GPU
@@ -428,15 +459,16 @@ def test_triton_quant_kernel_on_cuda_is_bitwise_the_torch_reference(m, k, tile):
 @pytest.mark.gpu
 @cuda
 @pytest.mark.parametrize("m,k,tile", [(4096, 8960, 16384), (333, 13824, 16384), (1000, 1536, 16384), (257, 8960, 1024)])
-def test_fused_gelu_quant_kernel_on_cuda_is_bitwise_the_torch_reference(m, k, tile):
+def test_fused_gelu_quant_kernel_on_cuda_is_within_one_e4m3_step_of_the_reference_and_repeats_bitwise(m, k, tile):
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("Triton's fp8e4nv needs sm89+")
     x = wide_range(m, k, seed=k).cuda()
     q, s = fp8.quantize_gelu_per_token_fp8_triton(x, max_tile=tile)
-    qr, sr = quantize_gelu_per_token_fp8_ref(x)
-    assert torch.equal(bits(q), bits(qr)) and torch.equal(s, sr)
-    xc = x.cpu()  # the reference is the same bits on the CPU
-    assert torch.equal(bits(q.cpu()), bits(quantize_gelu_per_token_fp8_ref(xc)[0]))
+    qr, sr = quantize_gelu_per_token_fp8_ref(x.cpu())  # the CPU path is the reference
+    r = gelu_quant_agreement(q, s, qr, sr)
+    assert r["max_steps"] <= 1 and r["frac_diff"] <= 0.01 and r["scale_rel"] <= GELU_SCALE_REL, r
+    q2, s2 = fp8.quantize_gelu_per_token_fp8_triton(x, max_tile=tile)
+    assert torch.equal(bits(q), bits(q2)) and torch.equal(s, s2)
 
 
 @pytest.mark.gpu

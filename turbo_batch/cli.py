@@ -68,6 +68,38 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_convert_fp8(args) -> int:
+    """Load a preset's DiT expert(s), quantize to FP8 and save safetensors that load back with no re-quantization."""
+    import os
+
+    import torch
+
+    from .config import load_preset
+    from .models.dit import DiTConfig
+    from .models.dit_checkpoints import load_dit, random_dit
+    from .models.checkpoints import resolve_file
+    from .models.loader import random_seed_for
+    from .models.quantize import quantize_linears_, save_fp8_safetensors
+
+    cfg = load_config(args.overrides)
+    preset = load_preset(args.model)
+    dit_cfg = DiTConfig.from_dict(dict(preset.dit))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    seed = random_seed_for(preset, cfg)
+    os.makedirs(args.out_dir, exist_ok=True)
+    for i, name in enumerate(preset.experts):
+        if seed is not None:
+            model = random_dit(dit_cfg, seed + 1000 * (i + 1), device=device, dtype=torch.bfloat16)
+        else:
+            spec = preset.checkpoints[name]
+            model = load_dit(dit_cfg, resolve_file(spec, name), layout=spec.get("layout", "auto"), device=device)
+        quantize_linears_(model)
+        path = os.path.join(args.out_dir, f"{preset.name}-{name}-fp8.safetensors")
+        save_fp8_safetensors(model, path)
+        console.print(f"wrote {path}; use it with checkpoints.{name}.path={path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="turbo-batch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Config overrides: append key=value pairs to render/validate, e.g. sampling.steps=2")
@@ -88,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--rows", type=int, default=4)
     d.add_argument("--i2v", action="store_true", help="add I2V rows (tiny-i2v) with a generated input image")
     d.set_defaults(func=cmd_demo)
+
+    c = sub.add_parser("convert-fp8", help="save a preset's DiT expert(s) as FP8 safetensors (loads without re-quantizing)")
+    c.add_argument("--model", required=True, help="preset name")
+    c.add_argument("--out-dir", required=True)
+    c.set_defaults(func=cmd_convert_fp8)
 
     from .tools_cli import add_tool_commands
 

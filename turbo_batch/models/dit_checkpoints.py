@@ -31,7 +31,7 @@ from .checkpoints import (
 )
 from .dit import DiTConfig, WanDiT
 
-LAYOUTS = ("auto", "wan", "turbo", "turbo-quant")
+LAYOUTS = ("auto", "wan", "turbo", "turbo-quant", "fp8")
 PROJ_L = ("proj_l.weight", "proj_l.bias")
 QUANT_BLOCK = 128
 
@@ -94,7 +94,10 @@ def _strip_prefix(sd: dict[str, torch.Tensor], source: str) -> dict[str, torch.T
 
 
 def detect_layout(sd: Mapping[str, torch.Tensor]) -> str:
-    """`turbo-quant` if any int8 weights, `turbo` if the patch embedding is a 2-D Linear weight, else `wan`."""
+    """`fp8` if saved from our FP8 model, `turbo-quant` if any int8 weights, `turbo` if the patch embedding is a
+    2-D Linear weight, else `wan`."""
+    if any(k.endswith(".weight_scale") for k in sd):
+        return "fp8"
     if any(k.endswith(".int8_weight") for k in sd):
         return "turbo-quant"
     patch = sd.get("patch_embedding.weight")
@@ -137,6 +140,10 @@ def load_dit(
     if layout != "auto" and layout != detected:
         raise CheckpointError(
             f"{source}: layout {layout!r} was requested but the keys are those of a {detected!r} checkpoint")
+    if detected == "fp8":  # written by `turbo-batch convert-fp8`: load as is, no re-quantization
+        from .quantize import load_fp8_into_
+
+        return load_fp8_into_(build_dit(cfg), sd, source, device=device)
     if detected == "turbo-quant":
         sd = _dequantize_all(sd, source, dtype)
     if detected != "wan":
