@@ -199,6 +199,13 @@ INTERPRETER_SCRIPT = textwrap.dedent(
     out16 = sla.sla_triton(q16, k16, v16, w, b, 0.5)
     res["fp16_dtype"] = str(out16.dtype)
     res["fp16_rel"] = rel(out16, sla.sla_reference(q16.float(), k16.float(), v16.float(), w, b, 0.5))
+
+    # selection kernel vs the two torch sorts: many exact ties (incl. -0.0 vs +0.0), a non-power-of-two width
+    g = torch.Generator().manual_seed(5)
+    scores = torch.randint(-3, 4, (2, 3, 5, 37), generator=g).float() * 0.5
+    scores[0, 0, 0, :5] = -0.0
+    want = torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :11].sort(-1).values.int()
+    res["select_equal"] = bool(torch.equal(sla.sla_select_blocks(scores, 11), want))
     print("RESULT" + json.dumps(res))
     """
 )
@@ -230,6 +237,10 @@ def test_triton_is_bitwise_identical_run_to_run(interpreted):
 
 def test_triton_routing_selects_the_same_blocks_as_sla_router(interpreted):
     assert interpreted["router_equal"]
+
+
+def test_triton_top_k_selection_equals_a_stable_descending_sort_with_ties_to_the_lower_block(interpreted):
+    assert interpreted["select_equal"]
 
 
 def test_every_kernel_variant_tma_or_pointer_loads_single_or_paired_blocks_agrees(interpreted):

@@ -121,6 +121,27 @@ def _few(keys: Iterable[str], n: int = 12) -> str:
     return ", ".join(keys[:n]) + more
 
 
+def check_keys(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor], source: str, what: str, *,
+               allow_missing: tuple[str, ...] = ()) -> None:
+    """Raise CheckpointError naming every missing, unexpected and mis-shaped key of `got` against `expected`."""
+    missing = [k for k in expected if k not in got and not k.endswith(allow_missing)]
+    unexpected = [k for k in got if k not in expected]
+    shapes = [
+        f"{k}: file {tuple(got[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in got and tuple(got[k].shape) != tuple(expected[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys: {_few(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys: {_few(unexpected)}")
+        if shapes:
+            parts.append(f"{len(shapes)} mis-shaped keys: {_few(shapes, 6)}")
+        raise CheckpointError(f"{source}: does not match {what}: " + "; ".join(parts))
+
+
 def load_strict(
     module: nn.Module,
     state_dict: Mapping[str, torch.Tensor],
@@ -138,22 +159,7 @@ def load_strict(
     """
     expected = module.state_dict(keep_vars=True)
     allow = tuple(allow_missing)
-    missing = [k for k in expected if k not in state_dict and not k.endswith(allow)]
-    unexpected = [k for k in state_dict if k not in expected]
-    shapes = [
-        f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in expected
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys: {_few(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys: {_few(unexpected)}")
-        if shapes:
-            parts.append(f"{len(shapes)} mis-shaped keys: {_few(shapes, 6)}")
-        raise CheckpointError(f"{source}: does not match {type(module).__name__}: " + "; ".join(parts))
+    check_keys(expected, state_dict, source, type(module).__name__, allow_missing=allow)
     keep = tuple(keep_fp32)
     filled = {}
     for k, ref in expected.items():

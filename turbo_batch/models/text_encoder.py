@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from .checkpoints import CheckpointError, _few, load_strict, materialize_, random_init_, read_state_dict
+from .checkpoints import CheckpointError, _few, check_keys, load_strict, materialize_, random_init_, read_state_dict
 from .tokenizer import HFTokenizer, TinyTokenizer, clean_prompt
 
 # umT5-XXL as Wan ships it (`umt5_xxl` in Wan's t5.py; google/umt5-xxl's config).
@@ -153,22 +153,7 @@ def hf_to_wan_t5_state_dict(sd: Mapping[str, torch.Tensor], source: str = "state
 
 def _check_keys(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor], source: str, what: str) -> None:
     """Strict key and shape check in the file's own key space, so errors name the keys the file really has."""
-    missing = [k for k in expected if k not in got]
-    unexpected = [k for k in got if k not in expected]
-    shapes = [
-        f"{k}: file {tuple(got[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in expected
-        if k in got and tuple(got[k].shape) != tuple(expected[k].shape)
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys: {_few(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys: {_few(unexpected)}")
-        if shapes:
-            parts.append(f"{len(shapes)} mis-shaped keys: {_few(shapes, 6)}")
-        raise CheckpointError(f"{source}: does not match {what}: " + "; ".join(parts))
+    check_keys(expected, got, source, what)
 
 
 def _hf_encoder_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
