@@ -39,8 +39,7 @@ FP8_MAX = 448.0
 RECIP_FP8_MAX = float(torch.tensor(1.0 / FP8_MAX, dtype=torch.float32))
 AMAX_FLOOR = 2.0**-40
 
-_MAX_SINGLE_TILE = 16384  # widest row kept whole in registers; wider rows loop over tiles
-_LOOP_TILE = 2048  # tile of the looped (two-pass, second pass from L2) path for rows wider than that
+_MAX_SINGLE_TILE = 16384  # cap on `max_tile` (rows kept whole in registers); tests lower it to force the loop
 _ROW_ELEMENTS = 4096  # narrow rows: pack this many elements per program (several rows each)
 
 
@@ -171,13 +170,15 @@ if triton is not None:
     _EXP2_CLAMP = tl.constexpr(_f32(_EXP_CLAMP * 1.4426950408889634))
 
     @triton.jit
-    def _gelu_tanh(x, ACT_DTYPE: tl.constexpr):
+    def _gelu_tanh(x, ACT_DTYPE: tl.constexpr, HW_CVT: tl.constexpr):
         """GELU(tanh) = x / (1 + exp(-2u)) in fp32 with the fast exp2 and divide (a few fp32 ulps from
         `gelu_tanh_ref`), rounded to the activation dtype (kept fp32)."""
         t = x * (_GELU_C1 + _GELU_C2 * (x * x))
         t = tl.minimum(tl.maximum(t, -_EXP2_CLAMP), _EXP2_CLAMP)
         g = tl.fdiv(x, 1.0 + tl.math.exp2(t))
-        if ACT_DTYPE == tl.bfloat16:  # round to bf16 with integer ops (the interpreter's cast truncates)
+        if ACT_DTYPE == tl.bfloat16 and HW_CVT:  # GPU: cvt.rn.bf16.f32, round to nearest even
+            g = g.to(tl.bfloat16).to(tl.float32)
+        elif ACT_DTYPE == tl.bfloat16:  # round to bf16 with integer ops (the interpreter's cast truncates)
             bits = g.to(tl.uint32, bitcast=True)
             g = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
         elif ACT_DTYPE == tl.float16:
@@ -186,13 +187,13 @@ if triton is not None:
 
     @triton.jit
     def _load_segment(x_ptr, rows, rmask, stride_x, K, OFF: tl.constexpr, WIDTH: tl.constexpr,
-                      GELU: tl.constexpr, ACT_DTYPE: tl.constexpr):
+                      GELU: tl.constexpr, ACT_DTYPE: tl.constexpr, HW_CVT: tl.constexpr):
         """Columns [OFF, OFF + WIDTH) of ROWS rows as fp32 (GELU applied if asked; masked lanes are 0)."""
         cols = OFF + tl.arange(0, WIDTH)
         mask = rmask[:, None] & (cols < K)[None, :]
         v = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         if GELU:
-            v = _gelu_tanh(v, ACT_DTYPE)  # GELU(0) = 0: masked lanes stay out of the amax
+            v = _gelu_tanh(v, ACT_DTYPE, HW_CVT)  # GELU(0) = 0: masked lanes stay out of the amax
         return v, mask, cols
 
     @triton.jit
@@ -223,13 +224,13 @@ if triton is not None:
         """
         rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
         rmask = rows < M
-        v1, m1, c1 = _load_segment(x_ptr, rows, rmask, stride_x, K, 0, W1, GELU, ACT_DTYPE)
+        v1, m1, c1 = _load_segment(x_ptr, rows, rmask, stride_x, K, 0, W1, GELU, ACT_DTYPE, HW_CVT)
         amax = tl.max(tl.abs(v1), axis=1)
         if W2 > 0:
-            v2, m2, c2 = _load_segment(x_ptr, rows, rmask, stride_x, K, W1, W2, GELU, ACT_DTYPE)
+            v2, m2, c2 = _load_segment(x_ptr, rows, rmask, stride_x, K, W1, W2, GELU, ACT_DTYPE, HW_CVT)
             amax = tl.maximum(amax, tl.max(tl.abs(v2), axis=1))
         if W3 > 0:
-            v3, m3, c3 = _load_segment(x_ptr, rows, rmask, stride_x, K, W1 + W2, W3, GELU, ACT_DTYPE)
+            v3, m3, c3 = _load_segment(x_ptr, rows, rmask, stride_x, K, W1 + W2, W3, GELU, ACT_DTYPE, HW_CVT)
             amax = tl.maximum(amax, tl.max(tl.abs(v3), axis=1))
         scale = tl.maximum(amax, _AMAX_FLOOR) * _RECIP_FP8_MAX
         inv = tl.math.div_rn(tl.full([ROWS], 1.0, tl.float32), scale)
@@ -255,7 +256,7 @@ if triton is not None:
         for k0 in range(0, K, BLOCK_K):
             xk = tl.load(x_row + k0 + cols, mask=k0 + cols < K, other=0.0).to(tl.float32)
             if GELU:
-                xk = _gelu_tanh(xk, ACT_DTYPE)
+                xk = _gelu_tanh(xk, ACT_DTYPE, HW_CVT)
             acc = tl.maximum(acc, tl.abs(xk))
         amax = tl.max(acc, axis=0)
         scale = tl.maximum(amax, _AMAX_FLOOR) * _RECIP_FP8_MAX
@@ -265,7 +266,7 @@ if triton is not None:
             m = k0 + cols < K
             xk = tl.load(x_row + k0 + cols, mask=m, other=0.0).to(tl.float32)
             if GELU:
-                xk = _gelu_tanh(xk, ACT_DTYPE)
+                xk = _gelu_tanh(xk, ACT_DTYPE, HW_CVT)
             q = tl.minimum(tl.maximum(xk * inv, -_FP8_MAX), _FP8_MAX)
             tl.store(q_row + k0 + cols, _to_fp8(q, q_ptr.dtype.element_ty, HW_CVT), mask=m)
 
@@ -291,20 +292,30 @@ def row_segments(K: int) -> tuple[int, int, int]:
     return w1, w2, w3
 
 
-# Measured on an H200 (bench/bench_kernels_quick.py sweeps the alternatives): the widest rows' best fixed config.
-HW_FP8_CVT = False  # GPU: the hardware fp32->e4m3 cvt (round to nearest even) instead of the integer rounding
+# On the GPU, round with the hardware cvt (fp32 -> e4m3fn / bf16, round to nearest even): the same bits as the
+# integer rounding (checked on an H200 by the tests and bench/bench_kernels_quick.py) at fewer instructions.
+HW_FP8_CVT = True
+# Launch choices measured on an H200 at [32760, 8960] bf16 (bench/bench_kernels_quick.py sweeps the alternatives):
+# plain quant 0.234 ms looped (two passes, the second from L2) over 1024-wide tiles with 8 warps vs 0.26 ms for the
+# best whole-row-in-registers config; GELU+quant 0.34 ms with the whole row in registers and 4 warps vs 0.44 ms
+# for the best looped config (which computes the GELU twice).
+_LOOP_ABOVE = 4096  # plain quant: rows wider than this loop
+_LOOP_CONFIG = {False: dict(BLOCK_K=1024, num_warps=8), True: dict(BLOCK_K=1024, num_warps=4)}
 
 
-def launch_config(K: int, max_tile: int = _MAX_SINGLE_TILE) -> dict:
-    """The fixed launch configuration for rows of width K (a pure function of K: same shape, same code, same bits)."""
-    if K > max_tile:
-        block = min(_LOOP_TILE, max_tile)
-        return dict(looped=True, BLOCK_K=block, num_warps=max(1, min(8, block // 256)))
+def launch_config(K: int, max_tile: int = _MAX_SINGLE_TILE, gelu: bool = False) -> dict:
+    """The fixed launch configuration for rows of width K (a pure function of K and the op: same shape, same code,
+    same bits)."""
+    if K > max_tile or (K > _LOOP_ABOVE and not gelu):
+        block = min(_LOOP_CONFIG[gelu]["BLOCK_K"], max_tile)
+        return dict(looped=True, BLOCK_K=block, num_warps=max(1, min(_LOOP_CONFIG[gelu]["num_warps"], block // 128)))
     w1, w2, w3 = row_segments(K)
     width = w1 + w2 + w3
     rows = max(1, min(32, _ROW_ELEMENTS // triton.next_power_of_2(width)))
     elements = rows * width
     num_warps = 4 if elements <= 4096 else 8 if elements <= 12288 else 16
+    if gelu and rows == 1:  # the GELU's latency hides better with more, smaller programs per SM
+        num_warps = 4 if width <= 10240 else 8
     return dict(looped=False, ROWS=rows, W1=w1, W2=w2, W3=w3, num_warps=num_warps)
 
 
@@ -320,7 +331,7 @@ def _quantize_rows_triton(x: torch.Tensor, gelu: bool, max_tile: int, config: di
     if M == 0 or K == 0:
         return q, scale
     act = _ACT_DTYPES[x.dtype]
-    cfg = config or launch_config(K, max_tile)
+    cfg = config or launch_config(K, max_tile, gelu)
     hw = (HW_FP8_CVT if hw_cvt is None else hw_cvt) and x.is_cuda
     fast = dict(num_warps=cfg["num_warps"], enable_fp_fusion=True)  # pinned: a Triton default may flip
     if cfg["looped"]:

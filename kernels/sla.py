@@ -43,9 +43,11 @@ SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 
 # The Triton path computes the linear-branch statistics in chunks of k-blocks, one program per (chunk, b, h),
 # then sums the chunk partials in a fixed order (`_sla_finalize_kernel`). The chunk size depends only on the shape
-# (never on the device), so the bits are the same on every GPU. ~2 programs per H100/H200 SM: enough to fill the
-# machine, while the partials (D*D + 2D floats per program) stay a few MB instead of tens.
-STATS_LAUNCH = dict(target_programs=264, num_warps=8, num_stages=2)
+# (never on the device), so the bits are the same on every GPU. One wave of 2 programs per H200 SM (4 warps each):
+# enough to fill the machine, while the partials (D*D + 2D floats per program) stay a few MB instead of tens. Measured on an H200 at
+# the 1.3B shape: 4 warps 0.26 ms for statistics + finalize, 8 warps 0.37 ms, 512 programs x 8 warps 0.38 ms;
+# at 14B 720p one wave of 240 programs 1.70 ms vs 2.69 ms for 280 programs (a nearly empty second wave).
+STATS_LAUNCH = dict(target_programs=264, num_warps=4, num_stages=2)
 # Kernel variants, fixed per dtype/device (bench/bench_attention.py times all of them):
 # TMA loads of K/V tiles (host tensor descriptors) measured slower than pointer loads on an H200 at both Wan
 # shapes (1.62 vs 1.57 ms at 1.3B, 27.1 vs 26.1 ms at 14B), so pointer loads are the default everywhere.
@@ -496,7 +498,9 @@ def sla_prologue(q, k, v, proj_weight, block_q: int = 128, block_k: int = 64, kv
     B, L, H, D = q.shape
     ratio = block_q // block_k
     nq, nk = -(-L // block_q), -(-L // block_k)
-    blocks_per_chunk = max(1, -(-(B * H * nk) // STATS_LAUNCH["target_programs"]))
+    # at most target_programs in all (one wave: a few straggler programs would double the time)
+    chunks_per_head = max(1, STATS_LAUNCH["target_programs"] // (B * H))
+    blocks_per_chunk = -(-nk // chunks_per_head)
     blocks_per_chunk = -(-blocks_per_chunk // ratio) * ratio
     n_chunks = -(-nk // blocks_per_chunk)
     f32 = dict(dtype=torch.float32, device=q.device)
@@ -524,16 +528,20 @@ def sla_prologue(q, k, v, proj_weight, block_q: int = 128, block_k: int = 64, kv
     return q_pool, k_pool, kvw, k_sum_mean
 
 
-def sla_select_blocks(scores: torch.Tensor, n_keep: int) -> torch.Tensor:
+def sla_select_blocks(scores: torch.Tensor, n_keep: int, rows: int | None = None,
+                      num_warps: int | None = None) -> torch.Tensor:
     """scores (B, H, nq, nk) float32 -> int32 (B, H, nq, n_keep): the n_keep best k-blocks of every row in
     ascending order, ties to the lower index; one Triton launch, the same choice as `_rank_blocks`' two sorts."""
     B, H, nq, nk = scores.shape
     scores = scores.contiguous()
     kept = torch.empty(B, H, nq, n_keep, dtype=torch.int32, device=scores.device)
     n_rows, width = B * H * nq, triton.next_power_of_2(nk)
-    rows = max(1, min(16, 4096 // width))
+    # rows / num_warps: overrides for benchmark sweeps only. H200, 14B 720p scores (40 x 591 x 1182): one row per
+    # program 0.60 ms, two 0.81 ms; 1.3B (12 x 256 x 512): eight rows per program 0.042 ms
+    rows = rows or (1 if width >= 2048 else max(1, min(16, 4096 // width)))
+    num_warps = num_warps or (4 if width * rows <= 4096 else 8)
     _sla_select_kernel[(-(-n_rows // rows),)](
-        scores, kept, n_rows, nk, n_keep, ROWS=rows, NK=width, num_warps=4 if width * rows <= 4096 else 8,
+        scores, kept, n_rows, nk, n_keep, ROWS=rows, NK=width, num_warps=num_warps,
     )
     return kept
 

@@ -49,7 +49,7 @@ def test_the_report_lists_every_row_and_failure_with_thumbnails_that_exist(batch
     html = open(os.path.join(batch, "report.html"), encoding="utf-8").read()
     for rid in IDS:
         assert rid in html
-    assert "model=&#x27;wan9&#x27; is invalid" in html  # the failure's error, escaped
+    assert "model: &#x27;wan9&#x27; is invalid" in html  # the failure's error, escaped
     assert "A red mug &lt;rotating&gt; &amp; shining" in html and "SKU-404" in html
     thumbs = re.findall(r'src="(report/thumbs/[0-9a-f]+\.png)"', html)
     assert len(thumbs) == 3
