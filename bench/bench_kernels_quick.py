@@ -4,12 +4,14 @@ What it times (triton.testing.do_bench medians, ms):
   quant       per-token fp8 quantization, [32760, 1536] and [32760, 8960] bf16 (plain and fused GELU), plus a
               sweep of launch configs / hardware fp8 cvt at K = 8960 (to pick the fixed default)
   sla         the full SLA op, its plan (statistics + finalize + scores + top-k) and the fused kernel at the
-              Wan2.1-1.3B 480p shape (1x32760x12x128, topk 0.1), a sweep of statistics-pass launch configs,
+              Wan2.1-1.3B 480p shape (1x32760x12x128, topk 0.1), sweeps of fixed attention-kernel candidates
+              (k-blocks per softmax step x warps x stages) and statistics-pass configs (tile, programs,
+              warps, stages),
               and the full op at the 14B 720p shape (1x75600x40x128)
   sdpa        dense F.scaled_dot_product_attention (default backend) at the 1.3B shape: the baseline
 "before" columns come from the committed kernels (`git show HEAD:kernels/...`) when git is available.
 
-    python bench/bench_kernels_quick.py [--no-baseline] [--no-14b] [--json out.json]
+    python bench/bench_kernels_quick.py [--no-baseline] [--no-14b] [--sla-only] [--json out.json]
 """
 from __future__ import annotations
 
@@ -50,10 +52,15 @@ def add(group, name, before, after, note=""):
 
 
 def load_baseline(rel_path: str, name: str):
-    """The committed version of a kernel module, imported under another name (None without git)."""
+    """The committed version of a kernel module, imported under another name (None without git).
+
+    Where the checkout has no git (a copied tree), $BASELINE_DIR/<file name> stands in for HEAD's version.
+    """
+    copy = Path(os.environ.get("BASELINE_DIR", "/nonexistent")) / Path(rel_path).name
     try:
-        src = subprocess.run(["git", "show", f"HEAD:{rel_path}"], cwd=ROOT, capture_output=True, text=True,
-                             check=True, timeout=30).stdout
+        src = copy.read_text() if copy.is_file() else subprocess.run(
+            ["git", "show", f"HEAD:{rel_path}"], cwd=ROOT, capture_output=True, text=True, check=True,
+            timeout=30).stdout
     except Exception as exc:  # noqa: BLE001
         print(f"  (no baseline for {rel_path}: {type(exc).__name__})")
         return None
@@ -175,21 +182,47 @@ def bench_sla(old, results, with_14b: bool):
             add("attn", f"  kernel tma={use_tma} pairs={pairs}", None, t)
             results[f"kernel_tma{int(use_tma)}_pairs{int(pairs)}"] = t
     add("attn", "  kernel default", None, bench(lambda: sla.sla_sparse_attention(q, k, v, kept, kvw, ksum, bias)))
-    # statistics-pass launch sweep
+    # attention-kernel sweep: fixed candidates (k-blocks per softmax step, gathered tile, warps, stages); the best
+    # is hard-coded as sla.HOPPER_ATTENTION (H200 results in its comment)
+    default_out = sla.sla_sparse_attention(q, k, v, kept, kvw, ksum, bias)
+    attn_sweep = {}
+    for group, gather, warps, stages in ((2, False, 8, 2), (2, False, 8, 3), (2, True, 8, 2), (2, True, 8, 3),
+                                         (2, True, 4, 2), (1, False, 8, 3)):
+        cfg = dict(num_warps=warps, num_stages=stages)
+        name = f"blocks_per_step={group} gather={gather} warps={warps} stages={stages}"
+        try:
+            run = lambda: sla.sla_sparse_attention(q, k, v, kept, kvw, ksum, bias, blocks_per_step=group,
+                                                   gather=gather, launch=cfg)
+            o = run()
+            t = bench(run)
+            attn_sweep[name] = t
+            print(f"  sweep attn {name}: {t:.3f} ms diff_vs_default={rel(o, default_out):.1e}", flush=True)
+        except Exception as exc:  # noqa: BLE001
+            print(f"  sweep attn {name}: FAILED {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+    results["attn_sweep"] = attn_sweep
+    # statistics-pass sweep (tile tokens per loop step, programs, warps, stages); the best is sla.STATS_LAUNCH
     saved = dict(sla.STATS_LAUNCH)
-    for target in (264,):
-        for warps in (4,):
-            for stages in (2, 3):
-                sla.STATS_LAUNCH.update(target_programs=target, num_warps=warps, num_stages=stages)
-                try:
-                    t = bench(lambda: sla.sla_prologue(q, k, v, w))
-                    print(f"  sweep stats target={target} warps={warps} stages={stages}: prologue {t:.3f} ms",
-                          flush=True)
-                    results[f"stats_{target}_{warps}_{stages}"] = t
-                except Exception as exc:  # noqa: BLE001
-                    print(f"  sweep stats {target}/{warps}/{stages}: FAILED {type(exc).__name__}: {str(exc)[:200]}")
+    want_pool = sla.sla_prologue(q, k, v, w)
+    stats_sweep = {}
+    # H200, 1.3B: 0.208-0.210 / 0.225-0.229 / 0.208 / 0.209-0.210 / 0.197 / 0.218 ms (committed pass 0.257 ms)
+    for tile, target, warps, stages in ((64, 264, 8, 2), (64, 264, 4, 2), (64, 264, 8, 1), (128, 264, 8, 2),
+                                        (64, 132, 8, 2), (64, 396, 8, 2)):
+        sla.STATS_LAUNCH.update(target_programs=target, num_warps=warps, num_stages=stages, tile=tile)
+        try:
+            got = sla.sla_prologue(q, k, v, w)
+            errs = " ".join(f"{rel(a, b_):.0e}" for a, b_ in zip(got, want_pool))
+            t = bench(lambda: sla.sla_prologue(q, k, v, w))
+            stats_sweep[f"t{tile}_p{target}_w{warps}_s{stages}"] = t
+            print(f"  sweep stats tile={tile} target={target} warps={warps} stages={stages}: prologue {t:.3f} ms "
+                  f"(rel diff vs default: {errs})", flush=True)
+        except Exception as exc:  # noqa: BLE001
+            print(f"  sweep stats {tile}/{target}/{warps}/{stages}: FAILED {type(exc).__name__}: {str(exc)[:200]}",
+                  flush=True)
     sla.STATS_LAUNCH.clear()
     sla.STATS_LAUNCH.update(saved)
+    results["stats_sweep"] = stats_sweep
+    if old:
+        add("attn", "  prologue (stats+finalize), committed", None, bench(lambda: old.sla_prologue(q, k, v, w)))
     del q, k, v, kept, kvw
     if with_14b:
         q, k, v, w, b = make_qkv((1, 75600, 40, 128))
@@ -216,17 +249,20 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--no-14b", action="store_true")
+    ap.add_argument("--sla-only", action="store_true", help="skip the fp8 quantization kernels")
     ap.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "bench_kernels_quick.json"))
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("needs a CUDA GPU")
     t0 = time.time()
     print(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__, flush=True)
-    old_fp8 = None if args.no_baseline else load_baseline("kernels/fp8_linear.py", "baseline_fp8_linear")
+    old_fp8 = None if args.no_baseline or args.sla_only else load_baseline("kernels/fp8_linear.py",
+                                                                            "baseline_fp8_linear")
     old_sla = None if args.no_baseline else load_baseline("kernels/sla.py", "baseline_sla")
     results: dict = {}
     with torch.no_grad():
-        bench_quant(old_fp8, results)
+        if not args.sla_only:
+            bench_quant(old_fp8, results)
         bench_sla(old_sla, results, not args.no_14b)
     print(f"\n{'group':6s} {'kernel':44s} {'before ms':>10s} {'after ms':>10s}")
     for group, name, before, after, note in ROWS:

@@ -41,19 +41,27 @@ LINEAR_EPS = 1e-5
 LOG2E = 1.4426950408889634
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 
-# The Triton path computes the linear-branch statistics in chunks of k-blocks, one program per (chunk, b, h),
-# then sums the chunk partials in a fixed order (`_sla_finalize_kernel`). The chunk size depends only on the shape
-# (never on the device), so the bits are the same on every GPU. One wave of 2 programs per H200 SM (4 warps each):
-# enough to fill the machine, while the partials (D*D + 2D floats per program) stay a few MB instead of tens. Measured on an H200 at
-# the 1.3B shape: 4 warps 0.26 ms for statistics + finalize, 8 warps 0.37 ms, 512 programs x 8 warps 0.38 ms;
-# at 14B 720p one wave of 240 programs 1.70 ms vs 2.69 ms for 280 programs (a nearly empty second wave).
-STATS_LAUNCH = dict(target_programs=264, num_warps=4, num_stages=2)
+# The Triton path computes the linear-branch statistics in chunks of TILE-token tiles, one program per
+# (chunk, b, h), then sums the chunk partials in a fixed order (`_sla_finalize_kernel`). The chunk size depends only
+# on the shape (never on the device), so the bits are the same on every GPU. One wave of 2 programs per H200 SM:
+# enough to fill the machine, while the partials (D*D + 2D floats per program) stay a few MB instead of tens.
+# Measured on an H200 at the 1.3B shape (statistics + finalize; token sums as selector MMAs): tile 64 x 8 warps
+# 0.208 ms, x 4 warps 0.225 ms (the committed scalar-reduction pass: 0.257 ms), tile 128 x 8 warps 0.209 ms,
+# 3 stages 0.33 ms or out of shared memory, 528 programs 0.23-0.25 ms, 132 programs 0.197 ms (kept 264: measured
+# at both Wan shapes). At 14B 720p one wave is 240 programs (the
+# old pass: 1.70 ms vs 2.69 ms for 280 programs, a nearly empty second wave).
+STATS_LAUNCH = dict(target_programs=264, num_warps=8, num_stages=2, tile=64)
 # Kernel variants, fixed per dtype/device (bench/bench_attention.py times all of them):
 # TMA loads of K/V tiles (host tensor descriptors) measured slower than pointer loads on an H200 at both Wan
 # shapes (1.62 vs 1.57 ms at 1.3B, 27.1 vs 26.1 ms at 14B), so pointer loads are the default everywhere.
 USE_TMA_ON_HOPPER = False
-# Hopper and newer, 16-bit inputs: one online-softmax update per two kept k-blocks (halves the rescaling work).
-PAIR_KV_BLOCKS = True
+# Hopper and newer, 16-bit inputs: kept k-blocks per online-softmax update (2 halves the rescaling work) and the
+# launch. Sweep on an H200 at the 1.3B shape (bench/bench_kernels_quick.py, fused kernel alone): two blocks as two
+# 64-key tiles, 8 warps: 1.528-1.560 ms at 2, 3 or 4 stages; the same two blocks gathered into one 128-key tile
+# (`gather`) 1.644 ms at 2 stages, 1.586 ms at 3; 4 warps 3.9-4.1 ms; one block per step 1.82-1.84 ms; four
+# blocks per step do not fit shared memory at 2 stages (288 KB) and take 2.32 ms unpipelined.
+HOPPER_ATTENTION = dict(blocks_per_step=2, gather=False, num_warps=8, num_stages=2)
+PAIR_KV_BLOCKS = HOPPER_ATTENTION["blocks_per_step"] > 1
 # Set when an auto-picked Hopper variant failed to compile with the installed Triton (warned once).
 _PLAIN_VARIANT_ONLY = False
 
@@ -188,61 +196,78 @@ if triton is not None:
         stride_qb, stride_ql, stride_qh,
         stride_kb, stride_kl, stride_kh,
         stride_vb, stride_vl, stride_vh,
-        L, H, n_qblocks, n_kblocks, blocks_per_chunk, inv_len,
-        D: tl.constexpr, BLOCK_N: tl.constexpr, RATIO: tl.constexpr,
+        L, H, n_qblocks, n_kblocks, tiles_per_chunk, inv_len,
+        D: tl.constexpr, BLOCK_N: tl.constexpr, RATIO: tl.constexpr, TILE: tl.constexpr,
+        POOL_PRECISION: tl.constexpr,
     ):
-        """One pass over q, k, v for a chunk of k-blocks of one (b, h): everything but the attention itself.
+        """One pass over q, k, v for a chunk of TILE-token tiles of one (b, h): everything but the attention.
 
         Writes the router's mean-pooled q (per RATIO * BLOCK_N tokens) and k (per BLOCK_N tokens), each mean over
         the block's real tokens, and this chunk's partial [phi(k)^T v | sum phi(k) | sum k] / L in float32.
         Chunks start on q-block boundaries, so every q-block is pooled inside one program.
+
+        Every token sum is an MMA with a 0/1 selector matrix (row r of SEL_K picks the tokens of the tile's r-th
+        k-block): the tensor cores reduce over tokens, so the loop has no cross-warp reductions, and the [16, D]
+        results are stored row-wise as they come out. Only the softmax of phi (over D, within a row) reduces.
         """
+        BLOCK_Q: tl.constexpr = RATIO * BLOCK_N
+        QB_PER_TILE: tl.constexpr = TILE // BLOCK_Q if TILE >= BLOCK_Q else 1
+        TILES_PER_QB: tl.constexpr = BLOCK_Q // TILE if BLOCK_Q > TILE else 1
+        KB_PER_TILE: tl.constexpr = TILE // BLOCK_N
+        SEL: tl.constexpr = 16  # MMA-friendly row count; rows past KB_PER_TILE / QB_PER_TILE select nothing
         chunk = tl.program_id(0)
         pid_bh = tl.program_id(1)
         b = pid_bh // H
         h = pid_bh % H
         n_chunks = tl.num_programs(0)
-        offs_n = tl.arange(0, BLOCK_N)
+        offs_t = tl.arange(0, TILE)
         offs_d = tl.arange(0, D)
-        q_tile = Q + b.to(tl.int64) * stride_qb + h * stride_qh + offs_n[:, None] * stride_ql + offs_d[None, :]
-        k_tile = K + b.to(tl.int64) * stride_kb + h * stride_kh + offs_n[:, None] * stride_kl + offs_d[None, :]
-        v_tile = V + b.to(tl.int64) * stride_vb + h * stride_vh + offs_n[:, None] * stride_vl + offs_d[None, :]
-        q_pool = Q_POOL + pid_bh.to(tl.int64) * n_qblocks * D + offs_d
-        k_pool = K_POOL + pid_bh.to(tl.int64) * n_kblocks * D + offs_d
+        offs_s = tl.arange(0, SEL)
+        q_tile = Q + b.to(tl.int64) * stride_qb + h * stride_qh + offs_t[:, None] * stride_ql + offs_d[None, :]
+        k_tile = K + b.to(tl.int64) * stride_kb + h * stride_kh + offs_t[:, None] * stride_kl + offs_d[None, :]
+        v_tile = V + b.to(tl.int64) * stride_vb + h * stride_vh + offs_t[:, None] * stride_vl + offs_d[None, :]
+        q_pool = Q_POOL + pid_bh.to(tl.int64) * n_qblocks * D + offs_d[None, :]
+        k_pool = K_POOL + pid_bh.to(tl.int64) * n_kblocks * D + offs_d[None, :]
+        dtype = K.dtype.element_ty
+        sel_k = (offs_s[:, None] == offs_t[None, :] // BLOCK_N).to(dtype)
+        sel_q = (offs_s[:, None] == offs_t[None, :] // (TILE // QB_PER_TILE)).to(dtype)
 
         kv = tl.zeros([D, D], dtype=tl.float32)
-        phi_k_sum = tl.zeros([D], dtype=tl.float32)
-        k_total = tl.zeros([D], dtype=tl.float32)
-        q_block_sum = tl.zeros([D], dtype=tl.float32)
-        for i in range(0, blocks_per_chunk):
-            blk = chunk * blocks_per_chunk + i
-            start = blk * BLOCK_N
-            real = (start + offs_n) < L
+        phi_k_sums = tl.zeros([SEL, D], dtype=tl.float32)
+        k_sums = tl.zeros([SEL, D], dtype=tl.float32)
+        q_run = tl.zeros([SEL, D], dtype=tl.float32)
+        for i in range(0, tiles_per_chunk):
+            tile = chunk * tiles_per_chunk + i
+            start = tile * TILE
+            real = (start + offs_t) < L
             q = tl.load(q_tile + start.to(tl.int64) * stride_ql, mask=real[:, None], other=0.0)
             k = tl.load(k_tile + start.to(tl.int64) * stride_kl, mask=real[:, None], other=0.0)
             v = tl.load(v_tile + start.to(tl.int64) * stride_vl, mask=real[:, None], other=0.0)
-            kf = k.to(tl.float32)
-            k_block_sum = tl.sum(kf, axis=0)
-            k_total += k_block_sum
-            n_real_k = tl.maximum(tl.minimum(L - start, BLOCK_N), 1).to(tl.float32)
-            tl.store(k_pool + blk * D, k_block_sum / n_real_k, mask=blk * D + offs_d < n_kblocks * D)
-            # q-blocks are RATIO k-blocks long: store the running sum on each q-block's last k-block, then reset
-            q_block_sum += tl.sum(q.to(tl.float32), axis=0)
-            qblk = blk // RATIO
-            ends_q_block = (i % RATIO) == RATIO - 1
-            n_real_q = tl.maximum(tl.minimum(L - qblk * (RATIO * BLOCK_N), RATIO * BLOCK_N), 1).to(tl.float32)
-            q_row = tl.where(ends_q_block, qblk, n_qblocks)  # n_qblocks: a row the mask below drops
-            tl.store(q_pool + q_row * D, q_block_sum / n_real_q, mask=q_row * D + offs_d < n_qblocks * D)
-            q_block_sum = tl.where(ends_q_block, 0.0, q_block_sum)
+            # pooled k: row r = sum of the tile's r-th k-block
+            k_block_sums = tl.dot(sel_k, k, input_precision=POOL_PRECISION)
+            k_sums += k_block_sums
+            kblk = tile * KB_PER_TILE + offs_s
+            n_real_k = tl.maximum(tl.minimum(L - kblk * BLOCK_N, BLOCK_N), 1).to(tl.float32)
+            tl.store(k_pool + kblk[:, None] * D, k_block_sums / n_real_k[:, None],
+                     mask=((offs_s < KB_PER_TILE) & (kblk < n_kblocks))[:, None])
+            # pooled q: a running sum, stored (and reset) on the tile that ends a q-block
+            q_run = tl.dot(sel_q, q, q_run, input_precision=POOL_PRECISION)
+            ends_q_block = (i % TILES_PER_QB) == TILES_PER_QB - 1
+            qblk = (tile // TILES_PER_QB) * QB_PER_TILE + offs_s
+            n_real_q = tl.maximum(tl.minimum(L - qblk * BLOCK_Q, BLOCK_Q), 1).to(tl.float32)
+            tl.store(q_pool + qblk[:, None] * D, q_run / n_real_q[:, None],
+                     mask=((offs_s < QB_PER_TILE) & (qblk < n_qblocks) & ends_q_block)[:, None])
+            q_run = tl.where(ends_q_block, 0.0, q_run)
             # linear branch: phi(k) = softmax over the head dim, zero on padding rows
+            kf = k.to(tl.float32)
             e = tl.math.exp2((kf - tl.max(kf, axis=1)[:, None]) * 1.4426950408889634)
-            phi = tl.where(real[:, None], e / tl.sum(e, axis=1)[:, None], 0.0)
-            kv = tl.dot(tl.trans(phi.to(v.dtype)), v, kv, input_precision=FP32_DOT_PRECISION)
-            phi_k_sum += tl.sum(phi, axis=0)
+            phi = tl.where(real[:, None], e * (1.0 / tl.sum(e, axis=1))[:, None], 0.0).to(v.dtype)
+            kv = tl.dot(tl.trans(phi), v, kv, input_precision=FP32_DOT_PRECISION)
+            phi_k_sums = tl.dot(sel_k, phi, phi_k_sums, input_precision=FP32_DOT_PRECISION)
         stats = STATS + (pid_bh.to(tl.int64) * n_chunks + chunk) * (D * D + 2 * D)
         tl.store(stats + offs_d[:, None] * D + offs_d[None, :], kv * inv_len)
-        tl.store(stats + D * D + offs_d, phi_k_sum * inv_len)
-        tl.store(stats + D * D + D + offs_d, k_total * inv_len)
+        tl.store(stats + D * D + offs_d, tl.sum(phi_k_sums, axis=0) * inv_len)
+        tl.store(stats + D * D + D + offs_d, tl.sum(k_sums, axis=0) * inv_len)
 
     @triton.jit
     def _sla_finalize_kernel(
@@ -371,6 +396,26 @@ if triton is not None:
         return acc, l_i, m_ij
 
     @triton.jit
+    def _attend_two_blocks_as_one_tile(
+        acc, l_i, m_i, q, k_rows, v_rows, start_a, start_b, offs_2n, qk_scale, stride_kl, stride_vl,
+        BLOCK_N: tl.constexpr,
+    ):
+        """One online-softmax step over two full k-blocks gathered into one 2 * BLOCK_N-key tile (row pointers
+        jump from block a to block b): one QK^T and one PV MMA of the fused-attention tutorial's 128-key shape
+        instead of two half-size ones, and one row max / row sum."""
+        rows = tl.where(offs_2n < BLOCK_N, start_a, start_b - BLOCK_N) + offs_2n
+        k = tl.load(k_rows + rows[:, None] * stride_kl)
+        qk = tl.dot(q, tl.trans(k), input_precision=FP32_DOT_PRECISION)
+        m_ij = tl.maximum(m_i, tl.max(qk, axis=1) * qk_scale)
+        p = tl.math.exp2(qk * qk_scale - m_ij[:, None])
+        alpha = tl.math.exp2(m_i - m_ij)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None]
+        v = tl.load(v_rows + rows[:, None] * stride_vl)
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=FP32_DOT_PRECISION)
+        return acc, l_i, m_ij
+
+    @triton.jit
     def _sla_attention_kernel(
         Q, K, V, O, KEPT, KVW, KSUM, BIAS,
         stride_qb, stride_ql, stride_qh,
@@ -379,12 +424,13 @@ if triton is not None:
         stride_ob, stride_ol, stride_oh,
         stride_ksum, L, H, n_keep, qk_scale, eps_over_len,
         D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        USE_TMA: tl.constexpr, PAIRS: tl.constexpr, WITH_LINEAR: tl.constexpr,
+        USE_TMA: tl.constexpr, GROUP: tl.constexpr, GATHER: tl.constexpr, WITH_LINEAR: tl.constexpr,
     ):
         """One q-block of one (b, h): block-sparse flash attention over its kept k-blocks, then the linear branch.
 
         The kept list is sorted, so only its last entry can be the ragged final k-block: the main loop runs
-        mask-free (PAIRS: two k-blocks per softmax update) and that block, if kept, is peeled off with masking.
+        mask-free (GROUP 2: two k-blocks per softmax update; GATHER: both loaded as one 2 * BLOCK_N-key tile) and
+        that block, if kept, is peeled off with masking.
         Linear epilogue, with s = sum_L phi(k) / L (KSUM) and KVW = diag(1/s) (phi(k)^T v / L) W^T (host, fp32):
         o_l = [(phi(q) * s) / (phi(q) . s + eps / L)] @ KVW + bias, added straight onto the sparse output. Both
         factors stay O(1) (weights in [0, 1]; KVW rows are phi(k)-weighted means of v, projected), so they lose
@@ -419,13 +465,24 @@ if triton is not None:
         last_is_ragged = last_start + BLOCK_N > L
         n_plain = n_keep - last_is_ragged.to(tl.int32)
         n_single_start = 0
-        if PAIRS:
-            for j in range(0, n_plain // 2):
-                start_a = tl.load(kept + 2 * j) * BLOCK_N
-                start_b = tl.load(kept + 2 * j + 1) * BLOCK_N
-                acc, l_i, m_i = _attend_two_blocks(acc, l_i, m_i, q, K, V, k_tile, v_tile, start_a, start_b,
-                                                   kv_row0, kv_col0, offs_n, L, qk_scale, stride_kl, stride_vl,
-                                                   USE_TMA=USE_TMA)
+        if GROUP == 2:
+            if GATHER:  # pointer loads only
+                offs_2n = tl.arange(0, 2 * BLOCK_N)
+                k_rows = K + b.to(tl.int64) * stride_kb + h * stride_kh + offs_d[None, :]
+                v_rows = V + b.to(tl.int64) * stride_vb + h * stride_vh + offs_d[None, :]
+                for j in range(n_single_start // 2, n_plain // 2):
+                    start_a = tl.load(kept + 2 * j) * BLOCK_N
+                    start_b = tl.load(kept + 2 * j + 1) * BLOCK_N
+                    acc, l_i, m_i = _attend_two_blocks_as_one_tile(acc, l_i, m_i, q, k_rows, v_rows, start_a,
+                                                                   start_b, offs_2n, qk_scale, stride_kl,
+                                                                   stride_vl, BLOCK_N=BLOCK_N)
+            else:
+                for j in range(n_single_start // 2, n_plain // 2):
+                    start_a = tl.load(kept + 2 * j) * BLOCK_N
+                    start_b = tl.load(kept + 2 * j + 1) * BLOCK_N
+                    acc, l_i, m_i = _attend_two_blocks(acc, l_i, m_i, q, K, V, k_tile, v_tile, start_a, start_b,
+                                                       kv_row0, kv_col0, offs_n, L, qk_scale, stride_kl,
+                                                       stride_vl, USE_TMA=USE_TMA)
             n_single_start = n_plain - n_plain % 2
         for j in range(n_single_start, n_plain):
             start_n = tl.load(kept + j) * BLOCK_N
@@ -451,18 +508,18 @@ if triton is not None:
         tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=row_real)
 
 
-def _launch_config(dtype: torch.dtype, pairs: bool = False) -> dict:
+def _launch_config(dtype: torch.dtype, blocks_per_step: int = 1) -> dict:
     """Fixed launch configs (no autotuning, so the bits never depend on a tuning run).
 
     16-bit inputs: the fused-attention tutorial's Hopper setting (8 warps, 3 stages of 64-key K/V tiles; 2 stages
-    when a step loads two k-blocks, which keeps shared memory at ~160 KB). float32 tiles are twice as large, so
-    float32 runs unpipelined (~130 KB).
+    when a step loads two or more k-blocks, which keeps shared memory at ~160 KB). float32 tiles are twice as
+    large, so float32 runs unpipelined (~130 KB).
     """
     fma = dict(enable_fp_fusion=True)  # pinned: Triton 3.10 flips its default, which would change the bits
     stats = dict(num_warps=STATS_LAUNCH["num_warps"], num_stages=STATS_LAUNCH["num_stages"], **fma)
     if dtype == torch.float32:
         return dict(attention=dict(num_warps=8, num_stages=1, **fma), stats={**stats, "num_stages": 1})
-    return dict(attention=dict(num_warps=8, num_stages=2 if pairs else 3, **fma), stats=stats)
+    return dict(attention=dict(num_warps=8, num_stages=2 if blocks_per_step > 1 else 3, **fma), stats=stats)
 
 
 def _tma_layout_ok(x: torch.Tensor) -> bool:
@@ -498,11 +555,14 @@ def sla_prologue(q, k, v, proj_weight, block_q: int = 128, block_k: int = 64, kv
     B, L, H, D = q.shape
     ratio = block_q // block_k
     nq, nk = -(-L // block_q), -(-L // block_k)
+    tile = min(max(STATS_LAUNCH["tile"], block_k), 16 * block_k)  # powers of two: tile | block_q or block_q | tile
+    tiles_per_q_block = max(1, block_q // tile)
+    n_tiles = -(-L // tile)
     # at most target_programs in all (one wave: a few straggler programs would double the time)
     chunks_per_head = max(1, STATS_LAUNCH["target_programs"] // (B * H))
-    blocks_per_chunk = -(-nk // chunks_per_head)
-    blocks_per_chunk = -(-blocks_per_chunk // ratio) * ratio
-    n_chunks = -(-nk // blocks_per_chunk)
+    tiles_per_chunk = -(-n_tiles // chunks_per_head)
+    tiles_per_chunk = -(-tiles_per_chunk // tiles_per_q_block) * tiles_per_q_block
+    n_chunks = -(-n_tiles // tiles_per_chunk)
     f32 = dict(dtype=torch.float32, device=q.device)
     q_pool, k_pool = torch.empty(B, H, nq, D, **f32), torch.empty(B, H, nk, D, **f32)
     stats = torch.empty(B, H, n_chunks, D * D + 2 * D, **f32)
@@ -511,8 +571,10 @@ def sla_prologue(q, k, v, proj_weight, block_q: int = 128, block_k: int = 64, kv
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
-        L, H, nq, nk, blocks_per_chunk, 1.0 / L,
-        D=D, BLOCK_N=block_k, RATIO=ratio, **_launch_config(q.dtype)["stats"],
+        L, H, nq, nk, tiles_per_chunk, 1.0 / L,
+        D=D, BLOCK_N=block_k, RATIO=ratio, TILE=tile,
+        POOL_PRECISION="tf32x3" if q.dtype == torch.float32 else "tf32",  # the 0/1 selector is exact in tf32
+        **_launch_config(q.dtype)["stats"],
     )
     weight = proj_weight.detach().to(device=q.device)
     if weight.shape != (D, D):
@@ -547,12 +609,16 @@ def sla_select_blocks(scores: torch.Tensor, n_keep: int, rows: int | None = None
 
 
 def sla_sparse_attention(q, k, v, kept, kvw=None, k_sum_mean=None, bias=None, block_q: int = 128,
-                         block_k: int = 64, use_tma: bool | None = None, pairs: bool | None = None) -> torch.Tensor:
+                         block_k: int = 64, use_tma: bool | None = None, pairs: bool | None = None,
+                         blocks_per_step: int | None = None, gather: bool | None = None,
+                         launch: dict | None = None) -> torch.Tensor:
     """The fused kernel alone: the sparse branch over `kept`, plus the linear epilogue when kvw is given.
 
     kvw (B, H, D, D) in q's dtype = diag(1 / sum phi(k)) (phi(k)^T v) @ W^T; k_sum_mean (B, H, D) float32 =
     sum phi(k) / L; bias (D,) float32. `use_tma` / `pairs` None pick the default variant for the device (TMA
-    loads and paired k-blocks on Hopper+, see the module constants); benchmarks and tests may force either.
+    loads and `HOPPER_ATTENTION` on Hopper+, see the module constants); benchmarks and tests may force either.
+    `blocks_per_step` (1 or 2; overrides `pairs`), `gather` (pointer-load pairs as one tile; None: the
+    Hopper default) and `launch` (num_warps / num_stages) are for sweeps.
     """
     global _PLAIN_VARIANT_ONLY
     B, L, H, D = q.shape
@@ -560,12 +626,25 @@ def sla_sparse_attention(q, k, v, kept, kvw=None, k_sum_mean=None, bias=None, bl
     tma_ok = _tma_layout_ok(k) and _tma_layout_ok(v)
     if use_tma and not tma_ok:
         raise ValueError("TMA loads need K and V viewable as (B*L, H*D) with 16-byte aligned rows")
-    auto = use_tma is None and pairs is None
+    auto = use_tma is None and pairs is None and blocks_per_step is None and gather is None and launch is None
     fast_variants = q.dtype != torch.float32 and _is_hopper_or_newer(q) and not _PLAIN_VARIANT_ONLY
     if use_tma is None:
         use_tma = USE_TMA_ON_HOPPER and fast_variants and tma_ok
-    if pairs is None:
-        pairs = PAIR_KV_BLOCKS and fast_variants
+    if blocks_per_step not in (None, 1, 2):
+        raise ValueError(f"blocks_per_step must be 1 or 2, got {blocks_per_step}")
+    config = _launch_config(q.dtype, 1)["attention"]
+    if blocks_per_step is None and pairs is None and fast_variants:
+        blocks_per_step = HOPPER_ATTENTION["blocks_per_step"]
+        config.update(num_warps=HOPPER_ATTENTION["num_warps"], num_stages=HOPPER_ATTENTION["num_stages"])
+    elif blocks_per_step is None:
+        blocks_per_step = 2 if pairs else 1
+        config = _launch_config(q.dtype, blocks_per_step)["attention"]
+    else:
+        config = _launch_config(q.dtype, blocks_per_step)["attention"]
+    config.update(launch or {})
+    if gather is None:
+        gather = HOPPER_ATTENTION["gather"] and fast_variants
+    gather = bool(gather) and blocks_per_step >= 2 and not use_tma
     out = torch.empty(B, L, H, D, dtype=q.dtype, device=q.device)
     if with_linear and (k_sum_mean.stride(0) != H * k_sum_mean.stride(1) or k_sum_mean.stride(2) != 1):
         k_sum_mean = k_sum_mean.contiguous()
@@ -573,18 +652,20 @@ def sla_sparse_attention(q, k, v, kept, kvw=None, k_sum_mean=None, bias=None, bl
         kvw = k_sum_mean = bias = out
     args = (q, k, v, kept, kvw, k_sum_mean, bias, out, block_q, block_k, with_linear)
     try:
-        _launch_attention(*args, use_tma=use_tma, pairs=pairs)
+        _launch_attention(*args, use_tma=use_tma, group=blocks_per_step, gather=gather, config=config)
     except Exception as exc:  # noqa: BLE001 - only the auto-picked Hopper variants fall back, and loudly
-        if not (auto and (use_tma or pairs)):
+        if not (auto and (use_tma or blocks_per_step > 1 or gather)):
             raise
-        warnings.warn(f"SLA: the Hopper kernel variant (tma={use_tma}, pairs={pairs}) failed with this Triton "
-                      f"({type(exc).__name__}: {exc}); using pointer loads and one k-block per step from now on")
+        warnings.warn(f"SLA: the Hopper kernel variant (tma={use_tma}, blocks_per_step={blocks_per_step}) failed "
+                      f"with this Triton ({type(exc).__name__}: {exc}); using pointer loads and one k-block per "
+                      "step from now on")
         _PLAIN_VARIANT_ONLY = True
-        _launch_attention(*args, use_tma=False, pairs=False)
+        _launch_attention(*args, use_tma=False, group=1, gather=False, config=_launch_config(q.dtype, 1)["attention"])
     return out
 
 
-def _launch_attention(q, k, v, kept, kvw, k_sum_mean, bias, out, block_q, block_k, with_linear, use_tma, pairs):
+def _launch_attention(q, k, v, kept, kvw, k_sum_mean, bias, out, block_q, block_k, with_linear, use_tma, group,
+                      gather, config):
     B, L, H, D = q.shape
     _sla_attention_kernel[(-(-L // block_q), B * H)](
         q, _kv_descriptor(k, block_k) if use_tma else k, _kv_descriptor(v, block_k) if use_tma else v, out, kept,
@@ -594,8 +675,9 @@ def _launch_attention(q, k, v, kept, kvw, k_sum_mean, bias, out, block_q, block_
         v.stride(0), v.stride(1), v.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
         k_sum_mean.stride(1), L, H, kept.shape[-1], LOG2E / math.sqrt(D), LINEAR_EPS / L,
-        D=D, BLOCK_M=block_q, BLOCK_N=block_k, USE_TMA=use_tma, PAIRS=pairs, WITH_LINEAR=with_linear,
-        **_launch_config(q.dtype, pairs)["attention"],
+        D=D, BLOCK_M=block_q, BLOCK_N=block_k, USE_TMA=use_tma, GROUP=group, GATHER=gather,
+        WITH_LINEAR=with_linear,
+        **config,
     )
 
 

@@ -188,6 +188,21 @@ INTERPRETER_SCRIPT = textwrap.dedent(
     res["router_equal"] = bool(torch.equal(kept, sla.sla_router(q, k, 0.5)))
     variants = {f"tma={t},pairs={p}": sla.sla_sparse_attention(q, k, v, kept, kvw, k_sum, bias, use_tma=t, pairs=p)
                 for t, p in itertools.product((False, True), repeat=2)}
+    variants["gathered pairs"] = sla.sla_sparse_attention(q, k, v, kept, kvw, k_sum, bias, pairs=True, gather=True)
+    # topk 0.7: 7 of 11 k-blocks -> three steps of two, then a single or the ragged block
+    kept7, kvw7, k_sum7, bias7 = sla.sla_triton_plan(q, k, v, w, b, 0.7)
+    ref7 = sla.sla_reference(q, k, v, w, b, 0.7)
+    res["group_errs"] = {g: maxerr(sla.sla_sparse_attention(q, k, v, kept7, kvw7, k_sum7, bias7, blocks_per_step=g),
+                                   ref7) for g in (1, 2)}
+    res["group_errs"]["2 gathered"] = maxerr(sla.sla_sparse_attention(q, k, v, kept7, kvw7, k_sum7, bias7,
+                                                                      blocks_per_step=2, gather=True), ref7)
+
+    # statistics tiles of one k-block, one q-block and two q-blocks give the same result
+    res["tile_errs"] = {}
+    for tile in (128, 256):
+        sla.STATS_LAUNCH["tile"] = tile
+        res["tile_errs"][tile] = maxerr(sla.sla_triton(q, k, v, w, b, 0.5), first)
+    sla.STATS_LAUNCH["tile"] = 64
     res["variant_errs"] = {name: maxerr(o, first) for name, o in variants.items()}
 
     qkv = torch.stack(make_qkv(2, 333, 2, 32, seed=12), dim=2)  # (B, L, 3, H, D): q, k, v are strided views
@@ -243,8 +258,16 @@ def test_triton_top_k_selection_equals_a_stable_descending_sort_with_ties_to_the
     assert interpreted["select_equal"]
 
 
-def test_every_kernel_variant_tma_or_pointer_loads_single_or_paired_blocks_agrees(interpreted):
+def test_every_kernel_variant_tma_or_pointer_loads_single_paired_or_gathered_blocks_agrees(interpreted):
     assert all(err <= 1e-5 for err in interpreted["variant_errs"].values()), interpreted["variant_errs"]
+
+
+def test_one_or_two_kept_blocks_per_softmax_step_plain_or_gathered_match_the_reference_with_ragged_tails(interpreted):
+    assert all(err <= 1e-4 for err in interpreted["group_errs"].values()), interpreted["group_errs"]
+
+
+def test_statistics_pass_tile_size_changes_only_the_summation_order(interpreted):
+    assert all(err <= 1e-5 for err in interpreted["tile_errs"].values()), interpreted["tile_errs"]
 
 
 def test_triton_reads_strided_views_of_a_packed_qkv_tensor_without_changing_bits(interpreted):
@@ -304,8 +327,11 @@ def test_gpu_every_kernel_variant_matches_the_reference_at_the_1_3b_shape():
     hopper = torch.cuda.get_device_capability()[0] >= 9
     for use_tma in (False, True) if hopper else (False,):
         for pairs in (False, True):
-            out = sla.sla_sparse_attention(q, k, v, kept, kvw, k_sum, bias32, use_tma=use_tma, pairs=pairs)
+            out = sla.sla_sparse_attention(q, k, v, kept, kvw, k_sum, bias32, use_tma=use_tma, pairs=pairs,
+                                           gather=False)
             assert relative_error(out, ref) <= 1e-2, (use_tma, pairs, relative_error(out, ref))
+    out = sla.sla_sparse_attention(q, k, v, kept, kvw, k_sum, bias32, pairs=True, gather=True)
+    assert relative_error(out, ref) <= 1e-2, ("gathered pairs", relative_error(out, ref))
 
 
 @pytest.mark.gpu
