@@ -90,7 +90,7 @@ def render(manifest_uri: str, out_uri: str, cfg: DictConfig, *, address: str | N
             r.key = render_key(r.params, r.prompt, r.image_sha256, wid_cache[model], rt_id)
 
     records = store.all_records()
-    done = {k for k, rec in records.items() if rec.get("status") == "ok" and store.exists(rec["mp4_path"])}
+    done = store.done_keys(records)
     # rows with equal keys render once; the first row of a key carries the work
     todo: dict[str, ManifestRow] = {}
     for r in rows:
@@ -105,10 +105,10 @@ def render(manifest_uri: str, out_uri: str, cfg: DictConfig, *, address: str | N
     try:
         if todo:
             rendered = _dispatch(list(todo.values()), cfg, cfg_yaml, out_uri, runtime, n_actors, gpus_per_actor,
-                                 cpus_per_actor, manifest_uri, progress, store, table, rows)
+                                 cpus_per_actor, manifest_uri, progress, store, table, rows, records)
     finally:
         progress.stop()
-        records = store.all_records()
+        records = store.all_records()  # once per run: also picks up rows whose results never reached the driver
         index = build_index(table, rows, records, cfg)
         store.write_index(index, int(cfg.render.shard_rows))
     wall = time.time() - t_start
@@ -127,7 +127,8 @@ def _task(row: ManifestRow, base_dir: str, attempt: int) -> dict:
 
 
 def _dispatch(todo: list[ManifestRow], cfg, cfg_yaml, out_uri, runtime, n_actors, gpus_per_actor, cpus_per_actor,
-              manifest_uri, progress: ProgressReporter, store: Store, table, rows) -> list[dict]:
+              manifest_uri, progress: ProgressReporter, store: Store, table, rows, records: dict) -> list[dict]:
+    """Render `todo` on the actor pool; `records` (key -> record) is updated with every result as it arrives."""
     import ray
 
     base_dir = os.path.dirname(os.path.abspath(manifest_uri)) if "://" not in manifest_uri else manifest_uri.rsplit("/", 1)[0]
@@ -197,6 +198,7 @@ def _dispatch(todo: list[ManifestRow], cfg, cfg_yaml, out_uri, runtime, n_actors
                                              "check the actor logs for OOM kills or crashes", attempt)
                 store.write_record(record)
                 rendered.append(record)
+                records[record["key"]] = record
                 progress.update(failed_inc=1)
             fill(slot)
             continue
@@ -204,14 +206,15 @@ def _dispatch(todo: list[ManifestRow], cfg, cfg_yaml, out_uri, runtime, n_actors
             record = _failed_record(row, f"render: {e}", attempt)
             store.write_record(record)
         rendered.append(record)
+        records[record["key"]] = record
         if record["status"] == "ok":
             progress.update(done_inc=1)
         else:
             progress.update(failed_inc=1)
             progress.log(f"row {row.index} ({row.id}) failed: {record['error']}")
         fill(slot)
-        if time.time() - last_index > 30:  # keep the index fresh for long runs
-            store.write_index(build_index(table, rows, store.all_records(), cfg), int(cfg.render.shard_rows))
+        if time.time() - last_index > 30:  # keep the index fresh for long runs, from records already in memory
+            store.write_index(build_index(table, rows, records, cfg), int(cfg.render.shard_rows))
             last_index = time.time()
     for actor in actors.values():
         ray.kill(actor, no_restart=True)

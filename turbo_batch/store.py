@@ -104,9 +104,10 @@ class Store:
                     out[key] = rec
         return out
 
-    def done_keys(self) -> set[str]:
-        """Keys whose render is complete: an `ok` record whose MP4 still exists."""
-        return {k for k, r in self.all_records().items() if r.get("status") == "ok" and self.exists(r["mp4_path"])}
+    def done_keys(self, records: dict[str, dict] | None = None) -> set[str]:
+        """Keys whose render is complete: an `ok` record whose MP4 still exists (`records`: already read ones)."""
+        records = self.all_records() if records is None else records
+        return {k for k, r in records.items() if r.get("status") == "ok" and self.exists(r["mp4_path"])}
 
     # ------------------------------------------------------------------ index and summary
     def write_index(self, table: pa.Table, shard_rows: int) -> list[str]:
