@@ -2,14 +2,10 @@
 block-wise model conversion with its save/load round trip."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
+from _helpers import run_interpreted
 import torch
 from torch import nn
 
@@ -42,7 +38,6 @@ from turbo_batch.models.quantize import (
     save_fp8_safetensors,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
@@ -422,12 +417,7 @@ INTERPRET_SCRIPT = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def interpreted():
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", INTERPRET_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
-    assert proc.returncode == 0 and line, proc.stderr[-3000:]
-    return json.loads(line[0][len("RESULT"):])
+    return run_interpreted(INTERPRET_SCRIPT, timeout=300)
 
 
 QUANT_CASES = ["bf16_one_tile", "fp32_one_tile", "bf16_looped_tiles", "bf16_dit_width",

@@ -5,14 +5,10 @@ The torch references state the dtype semantics of Wan/TurboDiffusion; the Triton
 CPU and on CUDA, and repeat their bits run to run."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
+from _helpers import run_interpreted
 import torch
 import torch.nn.functional as F
 
@@ -30,7 +26,6 @@ from kernels.norms import (
     rope_cos_sin,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
@@ -229,12 +224,7 @@ INTERPRET_SCRIPT = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def interpreted():
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", INTERPRET_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
-    assert proc.returncode == 0 and line, proc.stderr[-3000:]
-    return json.loads(line[0][len("RESULT"):])
+    return run_interpreted(INTERPRET_SCRIPT, timeout=300)
 
 
 def test_layernorm_modulate_kernel_in_interpreter_mode_matches_the_reference_within_one_rounding(interpreted):

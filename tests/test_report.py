@@ -9,13 +9,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from _helpers import render_on_local_ray
 from PIL import Image
 
 ray = pytest.importorskip("ray")
 
 from turbo_batch.cli import main  # noqa: E402
-from turbo_batch.config import load_config  # noqa: E402
-from turbo_batch.driver import render  # noqa: E402
 from turbo_batch.report import nightly_report, write_report  # noqa: E402
 from turbo_batch.store import Store  # noqa: E402
 
@@ -35,11 +34,7 @@ def batch(tmp_path_factory):
         "sku": ["SKU-1", "SKU-1", "SKU-9", "SKU-404"],
     }), folder / "manifest.parquet")
     out = str(folder / "out")
-    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
-    try:
-        result = render(str(folder / "manifest.parquet"), out, load_config(["runtime.attention=dense"]), live=False)
-    finally:
-        ray.shutdown()
+    result = render_on_local_ray(str(folder / "manifest.parquet"), out)
     assert result.summary["ok"] == 3 and result.summary["failed"] == 1
     return out
 

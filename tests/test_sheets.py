@@ -3,13 +3,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from _helpers import render_on_local_ray
 from PIL import Image
 
 ray = pytest.importorskip("ray")
 
 from turbo_batch.cli import main  # noqa: E402
-from turbo_batch.config import load_config  # noqa: E402
-from turbo_batch.driver import render  # noqa: E402
 from turbo_batch.grid import build_grid, grid_table, parse_vary  # noqa: E402
 from turbo_batch.sheets import (MIN_CELL_HEIGHT, MP4_MAX_BYTES, MP4_MAX_SIDE, SheetLayout, fit_layout, frame_scale,  # noqa: E402
                                 pick_frames, scaled_size, sheet_layout, write_sheets)
@@ -29,11 +28,7 @@ def grid_out(tmp_path_factory):
     table = table.set_column(table.column_names.index("num_frames"), "num_frames", pa.array(frames, pa.int64()))
     pq.write_table(table, folder / "grid.parquet")
     out = str(folder / "out")
-    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
-    try:
-        result = render(str(folder / "grid.parquet"), out, load_config(["runtime.attention=dense"]), live=False)
-    finally:
-        ray.shutdown()
+    result = render_on_local_ray(str(folder / "grid.parquet"), out)
     assert result.summary["ok"] == 3 and result.summary["failed"] == 1
     return out
 

@@ -7,21 +7,16 @@ checked on the GPU.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
+from _helpers import run_interpreted
 import torch
 import torch.nn.functional as F
 
 from kernels import sla
 
-ROOT = Path(__file__).resolve().parents[1]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
@@ -229,12 +224,7 @@ INTERPRETER_SCRIPT = textwrap.dedent(
 @pytest.fixture(scope="module")
 def interpreted():
     pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT), "TRITON_DEFAULT_FP_FUSION": "1"}
-    proc = subprocess.run([sys.executable, "-c", INTERPRETER_SCRIPT], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT"))
-    return json.loads(line[len("RESULT") :])
+    return run_interpreted(INTERPRETER_SCRIPT, extra_env={"TRITON_DEFAULT_FP_FUSION": "1"})
 
 
 @pytest.mark.parametrize("L,D,topk", INTERPRETER_CASES)

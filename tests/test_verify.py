@@ -6,14 +6,13 @@ import shutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from _helpers import render_on_local_ray
 from PIL import Image
 
 ray = pytest.importorskip("ray")
 
 from turbo_batch.cli import main  # noqa: E402
-from turbo_batch.config import load_config  # noqa: E402
 from turbo_batch.demo import demo_image  # noqa: E402
-from turbo_batch.driver import render  # noqa: E402
 from turbo_batch.grid import build_grid, grid_table, parse_vary  # noqa: E402
 from turbo_batch.store import Store  # noqa: E402
 from turbo_batch.verify import CANNOT, MISMATCH, MISSING, OK, sample_rows, verify  # noqa: E402
@@ -32,11 +31,7 @@ def rendered(tmp_path_factory):
                     "image": ["product.png"], "model": ["tiny-i2v"], "num_frames": pa.array([5], pa.int64())})
     pq.write_table(pa.concat_tables([table, i2v], promote_options="default"), folder / "grid.parquet")
     out = str(folder / "out")
-    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
-    try:
-        result = render(str(folder / "grid.parquet"), out, load_config(["runtime.attention=dense"]), live=False)
-    finally:
-        ray.shutdown()
+    result = render_on_local_ray(str(folder / "grid.parquet"), out)
     assert result.exit_code == 0 and result.summary["ok"] == ROWS
     return out
 

@@ -65,7 +65,7 @@ def load_models(preset: DictConfig, cfg: DictConfig, runtime: dict) -> ModelBund
     from .dit import DiTConfig
     from .dit_checkpoints import load_dit, random_dit
     from .text_encoder import load_text_encoder, random_text_encoder
-    from .tokenizer import HFTokenizer, TinyTokenizer
+    from .tokenizer import HFTokenizer
     from .vae import VAEConfig, load_vae, random_vae
 
     device = torch.device(runtime["device"])
