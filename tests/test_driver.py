@@ -90,7 +90,7 @@ def test_a_mixed_manifest_renders_every_row_with_hashes_and_passthrough(baseline
 
 def test_rendering_again_from_scratch_gives_identical_frame_hashes(baseline, manifest, tmp_path):
     out, _ = baseline
-    again = str(tmp_path / "again")
+    again = f"file://{tmp_path}/again"  # actors and driver write through a pyarrow filesystem URI
     assert render(manifest, again, load_config(OVERRIDES), live=False).exit_code == 0
     assert hashes(again) == hashes(out)
 
