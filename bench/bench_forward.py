@@ -5,6 +5,7 @@ error against our bf16 dense output, and a profiler breakdown of GPU time into l
 attention (SDPA / SLA kernels and router) and other (norms, modulation, RoPE, elementwise).
 
     python bench/bench_forward.py --model 1.3b --res 480p
+(fp8: the runtime default, which keeps self_attn.o and the cross-attention in bf16; fp8-all: every block Linear)
     python bench/bench_forward.py --model 14b --res 720p --variants fp8+sla --no-diffusers
 """
 from __future__ import annotations
@@ -23,12 +24,15 @@ import torch  # noqa: E402
 
 from turbo_batch.models.dit import DiTConfig  # noqa: E402
 from turbo_batch.models.dit_checkpoints import random_dit  # noqa: E402
-from turbo_batch.models.quantize import quantize_linears_  # noqa: E402
+from turbo_batch.models.quantize import DEFAULT_KEEP_BF16, quantize_linears_  # noqa: E402
 
 MODELS = {"1.3b": dict(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
           "14b": dict(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)}
 LATENT = {"480p": (60, 104), "720p": (90, 160)}
-VARIANTS = {"bf16": ("dense", False), "fp8": ("dense", True), "sla": ("sla", False), "fp8+sla": ("sla", True)}
+# name -> (attention backend, None for bf16 or the Linears fp8 keeps in bf16: the runtime default, or none at all
+# = every block Linear in fp8 as TurboDiffusion does)
+VARIANTS = {"bf16": ("dense", None), "fp8": ("dense", DEFAULT_KEEP_BF16), "fp8-all": ("dense", ()),
+            "sla": ("sla", None), "fp8+sla": ("sla", DEFAULT_KEEP_BF16), "fp8-all+sla": ("sla", ())}
 
 
 def timed(fn, warmup=2, iters=5):
@@ -80,7 +84,7 @@ def main():
     ap.add_argument("--res", choices=sorted(LATENT), default="480p")
     ap.add_argument("--frames", type=int, default=81)
     ap.add_argument("--topk", type=float, default=0.1)
-    ap.add_argument("--variants", default="bf16,fp8,sla,fp8+sla")
+    ap.add_argument("--variants", default="bf16,fp8,fp8-all,sla,fp8+sla,fp8-all+sla")
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--no-diffusers", action="store_true")
     ap.add_argument("--json", default=None)
@@ -121,12 +125,12 @@ def main():
         torch.cuda.empty_cache()
 
     for name in args.variants.split(","):
-        backend, fp8 = VARIANTS[name]
+        backend, keep = VARIANTS[name]
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         model = random_dit(cfg, 0, device=dev, dtype=torch.bfloat16, on_device=True).eval().requires_grad_(False)
-        if fp8:
-            quantize_linears_(model)
+        if keep is not None:
+            quantize_linears_(model, keep=keep)
         model.set_attention(backend, args.topk)
         weights_gib = torch.cuda.memory_allocated() / 2**30
         with torch.no_grad():

@@ -25,13 +25,14 @@ def test_an_fp8_checkpoint_loads_back_bit_identical_without_requantizing(tmp_pat
     from turbo_batch.config import load_preset
     from turbo_batch.models.dit import DiTConfig
     from turbo_batch.models.dit_checkpoints import load_dit, random_dit
-    from turbo_batch.models.quantize import quantize_linears_
+    from turbo_batch.models.quantize import DEFAULT_KEEP_BF16, quantize_linears_
 
     assert main(["convert-fp8", "--model", "tiny-t2v", "--out-dir", str(tmp_path)]) == 0
     cfg = DiTConfig.from_dict(dict(load_preset("tiny-t2v").dit))
     loaded = load_dit(cfg, tmp_path / "tiny-t2v-main-fp8.safetensors")
-    assert sum(isinstance(m, FP8Linear) for m in loaded.modules()) == 2 * 10  # q k v o, cross q k v o, ffn 0 2
-    fresh = quantize_linears_(random_dit(cfg, 1234 + 1000, dtype=torch.bfloat16))
+    # the default keeps self o and cross o, k, v in bf16: self q k v, cross q, ffn 0 2 are fp8 in each block
+    assert sum(isinstance(m, FP8Linear) for m in loaded.modules()) == 2 * 6
+    fresh = quantize_linears_(random_dit(cfg, 1234 + 1000, dtype=torch.bfloat16), keep=DEFAULT_KEEP_BF16)
     x = torch.randn(1, 16, 2, 4, 8)
     t = torch.tensor([500.0])
     ctx = torch.randn(1, 16, cfg.text_dim)

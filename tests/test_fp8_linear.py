@@ -29,10 +29,12 @@ from kernels.fp8_linear import (
 )
 from turbo_batch.models.checkpoints import CheckpointError, read_state_dict, save_safetensors_atomic
 from turbo_batch.models.quantize import (
+    DEFAULT_KEEP_BF16,
     FP8_FORMAT,
     fp8_state_dict,
     fp8_target_names,
     load_fp8_into_,
+    name_matches,
     quantize_linears_,
     quantized_layer_names,
     save_fp8_safetensors,
@@ -317,6 +319,35 @@ def test_quantize_linears_converts_block_linears_but_not_proj_l_or_layers_outsid
         assert kinds[f"blocks.{i}.self_attn.attn_op.local_attn.proj_l"] == "Linear"
     assert kinds["head.head"] == "Linear" and kinds["text_embedding.0"] == "Linear"
     assert len(fp8_target_names(toy(0))) == 12
+
+
+def test_layers_named_in_keep_stay_in_bf16_and_pieces_match_whole_name_components():
+    m = quantize_linears_(toy(0), keep=("self_attn.o", "ffn.2"))
+    for i in range(2):
+        assert type(m.blocks[i].self_attn.o) is nn.Linear and type(m.blocks[i].ffn[2]) is nn.Linear
+        assert isinstance(m.blocks[i].self_attn.q, FP8Linear) and isinstance(m.blocks[i].ffn[0], FP8Linear)
+    assert len(fp8_target_names(toy(0), keep=("self_attn.o", "ffn.2"))) == 8
+    assert name_matches("blocks.3.cross_attn.q", "cross_attn") and name_matches("blocks.3.self_attn.o", "self_attn.o")
+    assert not name_matches("blocks.3.self_attn.out", "self_attn.o") and not name_matches("blocks.3.ffn.20", "ffn.2")
+
+
+def test_the_runtime_default_keeps_the_attention_outputs_and_the_cross_attention_keys_values_in_bf16():
+    from turbo_batch.config import load_config, resolve_runtime
+
+    rt = resolve_runtime(load_config(["runtime.device=cpu"]))
+    assert tuple(rt["fp8_keep_bf16"]) == DEFAULT_KEEP_BF16
+    assert set(DEFAULT_KEEP_BF16) == {"self_attn.o", "cross_attn.o", "cross_attn.k", "cross_attn.v"}
+    assert resolve_runtime(load_config(["runtime.device=cpu", "runtime.fp8_keep_bf16=[]"]))["fp8_keep_bf16"] == []
+    with pytest.raises(Exception, match="fp8_keep_bf16"):
+        resolve_runtime(load_config(["runtime.device=cpu", "runtime.fp8_keep_bf16=cross_attn"]))
+
+
+def test_the_kept_layers_are_part_of_the_render_numerics_identity():
+    from turbo_batch.worker import runtime_id
+
+    rt = dict(device="cuda:0", dtype="bfloat16", attention="sla", quant="fp8", fp8_keep_bf16=["cross_attn"])
+    assert runtime_id(rt) != runtime_id({**rt, "fp8_keep_bf16": []})
+    assert runtime_id({**rt, "quant": "none"}) == runtime_id({**rt, "quant": "none", "fp8_keep_bf16": []})
 
 
 def test_a_quantized_toy_model_stays_within_5_percent_of_its_float32_output():

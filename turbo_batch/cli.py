@@ -74,7 +74,7 @@ def cmd_convert_fp8(args) -> int:
 
     import torch
 
-    from .config import load_preset
+    from .config import load_preset, resolve_runtime
     from .models.dit import DiTConfig
     from .models.dit_checkpoints import load_dit, random_dit
     from .models.checkpoints import resolve_file
@@ -93,7 +93,7 @@ def cmd_convert_fp8(args) -> int:
         else:
             spec = preset.checkpoints[name]
             model = load_dit(dit_cfg, resolve_file(spec, name), layout=spec.get("layout", "auto"), device=device)
-        quantize_linears_(model)
+        quantize_linears_(model, keep=resolve_runtime(cfg)["fp8_keep_bf16"])
         path = os.path.join(args.out_dir, f"{preset.name}-{name}-fp8.safetensors")
         save_fp8_safetensors(model, path)
         console.print(f"wrote {path}; use it with checkpoints.{name}.path={path}")

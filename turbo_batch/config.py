@@ -65,8 +65,14 @@ def resolve_runtime(cfg: DictConfig) -> dict:
     for key, options in allowed.items():
         if rt[key] not in options:
             raise ConfigError(f"runtime.{key}={rt[key]!r} is not one of {', '.join(options)} (or auto)")
-    if rt["quant"] == "fp8" and not on_cuda:
-        pass  # the CPU emulation of FP8 numerics is allowed (tests); it is not fast
+    keep = rt.get("fp8_keep_bf16")
+    if keep is None:
+        keep = []
+    if not isinstance(keep, (list, tuple)) or not all(isinstance(k, str) and k.strip(".") for k in keep):
+        raise ConfigError(f"runtime.fp8_keep_bf16={keep!r} must be a list of dotted layer-name pieces, "
+                          "e.g. [self_attn.o, cross_attn.o], or [] to quantize every block Linear")
+    rt["fp8_keep_bf16"] = list(keep)
+    # quant=fp8 on CPU is allowed: the float32 emulation of the FP8 numerics (tests); it is not fast
     return rt
 
 

@@ -28,8 +28,12 @@ from .video import encode_mp4_bytes, sha256_bytes
 
 
 def runtime_id(runtime: dict) -> str:
-    """The numerics that change bits: device kind, dtype, attention backend, quantization."""
-    return f"{runtime['device'].split(':')[0]}|{runtime['dtype']}|{runtime['attention']}|{runtime['quant']}"
+    """The numerics that change bits: device kind, dtype, attention backend, quantization (and, for fp8, the
+    layers kept in bf16)."""
+    quant = runtime["quant"]
+    if quant == "fp8":
+        quant += "[keep:" + ",".join(sorted(runtime.get("fp8_keep_bf16", ()))) + "]"
+    return f"{runtime['device'].split(':')[0]}|{runtime['dtype']}|{runtime['attention']}|{quant}"
 
 
 def describe_runtime(cfg_yaml: str) -> dict:

@@ -105,7 +105,7 @@ def load_models(preset: DictConfig, cfg: DictConfig, runtime: dict) -> ModelBund
         from .quantize import quantize_linears_
 
         for model in experts.values():
-            quantize_linears_(model)
+            quantize_linears_(model, keep=runtime.get("fp8_keep_bf16", ()))
     vae.eval().requires_grad_(False)
     text_encoder.eval().requires_grad_(False)
     return ModelBundle(text_encoder=text_encoder, experts=experts, vae=vae, weights_id=weights_id(preset, cfg),
