@@ -10,7 +10,6 @@ bf16), then each is timed with CUDA events (warmup, median). Run from the reposi
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _timing import cuda_median_ms  # noqa: E402 (bench/ is on sys.path when a script runs)
 from turbo_batch.models.dit import DiTConfig  # noqa: E402
 from turbo_batch.models.dit_checkpoints import diffusers_config, random_dit, to_diffusers_state_dict  # noqa: E402
 
@@ -47,19 +47,8 @@ def diffusers_twin(model, cfg: DiTConfig, device):
 
 def time_ms(fn, warmup: int, iters: int) -> tuple[float, float]:
     """Median milliseconds of `fn()` and peak GiB allocated while it ran."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times), torch.cuda.max_memory_allocated() / 2**30
+    ms, peak, _ = cuda_median_ms(fn, warmup, iters)
+    return ms, peak / 2**30
 
 
 def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -14,7 +14,6 @@ import argparse
 import gc
 import json
 import os
-import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -22,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
+from _timing import cuda_median_ms  # noqa: E402 (bench/ is on sys.path when a script runs)
 from turbo_batch.models.dit import DiTConfig  # noqa: E402
 from turbo_batch.models.dit_checkpoints import random_dit  # noqa: E402
 from turbo_batch.models.quantize import DEFAULT_KEEP_BF16, quantize_linears_  # noqa: E402
@@ -36,17 +36,7 @@ VARIANTS = {"bf16": ("dense", None), "fp8": ("dense", DEFAULT_KEEP_BF16), "fp8-a
 
 
 def timed(fn, warmup=2, iters=5):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+    return cuda_median_ms(fn, warmup, iters, reset_peak=False)[0]  # the variant's peak counts from its build
 
 
 def category(name: str) -> str:

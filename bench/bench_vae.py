@@ -13,7 +13,6 @@ stays off (heuristic algorithm choice is deterministic). Run from the repository
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _timing import cuda_median_ms  # noqa: E402 (bench/ is on sys.path when a script runs)
 from turbo_batch.models.vae import LATENT_MEAN, LATENT_STD, VAEConfig, WanVAE, random_vae, to_diffusers_state_dict  # noqa: E402
 
 RESOLUTIONS = {"480p": (832, 480), "720p": (1280, 720)}  # (width, height), 16:9
@@ -40,20 +40,8 @@ def diffusers_twin(model: WanVAE):
 
 def time_ms(fn, warmup: int, iters: int) -> tuple[float, float]:
     """Median milliseconds of `fn()` and peak GiB allocated above the memory already held before it ran."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times), (torch.cuda.max_memory_allocated() - base) / 2**30
+    ms, peak, base = cuda_median_ms(fn, warmup, iters)
+    return ms, (peak - base) / 2**30
 
 
 def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
