@@ -8,7 +8,6 @@ Rows per shape (median ms of triton.testing.do_bench; random bf16 inputs in (B, 
   sla                        the full op `sla_triton` (statistics pass + routing + fused kernel)
   plan                       everything before the fused kernel (statistics pass, routing, kvw)
   kernel[...]                the fused kernel alone, per variant (tma/ptr loads, 1 or 2 k-blocks per step)
-  kernel[one launch]         the default variant without the split last wave (see sla._wave_split)
   sparse-only                the default kernel variant without the linear epilogue (what Flex computes)
   flex                       compiled FlexAttention with a BlockMask built from the same kept blocks (128 x 64)
 TFLOP/s counts kept blocks only: 4 * B * H * n_qblocks * n_keep * 128 * 64 * D.
@@ -146,9 +145,6 @@ def run_shape(name, shape, topks, with_flex, table, notes):
                 run = lambda t=use_tma, p=pairs: sla.sla_sparse_attention(q, k, v, kept, kvw, k_sum, bias32,
                                                                           use_tma=t, pairs=p)
                 add(topk, label, try_bench(run), n_keep)
-        n_units = kept.shape[0] * kept.shape[1] * kept.shape[2]
-        add(topk, "kernel[one launch]", try_bench(lambda: sla.sla_sparse_attention(
-            q, k, v, kept, kvw, k_sum, bias32, split_tail=(n_units, BLOCK_Q))), n_keep)
         sparse_only = lambda: sla.sla_sparse_attention(q, k, v, kept)
         add(topk, "sparse-only", try_bench(sparse_only), n_keep)
         if with_flex:

@@ -429,13 +429,11 @@ if triton is not None:
         stride_kb, stride_kl, stride_kh,
         stride_vb, stride_vl, stride_vh,
         stride_ob, stride_ol, stride_oh,
-        stride_ksum, L, H, n_qblocks, unit0, n_keep, qk_scale, eps_over_len,
-        D: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        stride_ksum, L, H, n_keep, qk_scale, eps_over_len,
+        D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         USE_TMA: tl.constexpr, GROUP: tl.constexpr, GATHER: tl.constexpr, WITH_LINEAR: tl.constexpr,
     ):
-        """One q-block of one (b, h), or a BLOCK_M-row slice of it in the tail launch (see `_wave_split`):
-        block-sparse flash attention over the q-block's kept k-blocks, then the linear branch. Program i of a
-        launch takes unit unit0 + i // SPLIT; units run q-block fastest, so neighbours share one head's K/V in L2.
+        """One q-block of one (b, h): block-sparse flash attention over its kept k-blocks, then the linear branch.
 
         The kept list is sorted, so only its last entry can be the ragged final k-block: the main loop runs
         mask-free (GROUP 2: two k-blocks per softmax update; GATHER: both loaded as one 2 * BLOCK_N-key tile) and
@@ -445,13 +443,12 @@ if triton is not None:
         factors stay O(1) (weights in [0, 1]; KVW rows are phi(k)-weighted means of v, projected), so they lose
         nothing when cast to fp16/bf16 for the MMA.
         """
-        SPLIT: tl.constexpr = BLOCK_Q // BLOCK_M  # programs per q-block (1, or more for the tail launch)
-        unit = unit0 + tl.program_id(0) // SPLIT  # units (q-block, b, h) in q-block-fastest order
-        pid_m = unit % n_qblocks
-        pid_bh = unit // n_qblocks
+        pid_m = tl.program_id(0)
+        pid_bh = tl.program_id(1)
+        n_qblocks = tl.num_programs(0)
         b = pid_bh // H
         h = pid_bh % H
-        offs_m = pid_m * BLOCK_Q + (tl.program_id(0) % SPLIT) * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, D)
         row_real = (offs_m < L)[:, None]
@@ -623,15 +620,14 @@ def sla_select_blocks(scores: torch.Tensor, n_keep: int, rows: int | None = None
 def sla_sparse_attention(q, k, v, kept, kvw=None, k_sum_mean=None, bias=None, block_q: int = 128,
                          block_k: int = 64, use_tma: bool | None = None, pairs: bool | None = None,
                          blocks_per_step: int | None = None, gather: bool | None = None,
-                         launch: dict | None = None, split_tail: tuple[int, int] | None = None) -> torch.Tensor:
+                         launch: dict | None = None) -> torch.Tensor:
     """The fused kernel alone: the sparse branch over `kept`, plus the linear epilogue when kvw is given.
 
     kvw (B, H, D, D) in q's dtype = diag(1 / sum phi(k)) (phi(k)^T v) @ W^T; k_sum_mean (B, H, D) float32 =
     sum phi(k) / L; bias (D,) float32. `use_tma` / `pairs` None pick the default variant for the device (TMA
     loads and `HOPPER_ATTENTION` on Hopper+, see the module constants); benchmarks and tests may force either.
     `blocks_per_step` (1 or 2; overrides `pairs`), `gather` (pointer-load pairs as one tile; None: the
-    Hopper default) and `launch` (num_warps / num_stages) are for sweeps. `split_tail` (units in the main launch,
-    rows per tail program) overrides `_wave_split`'s choice, for tests and benchmarks.
+    Hopper default) and `launch` (num_warps / num_stages) are for sweeps.
     """
     global _PLAIN_VARIANT_ONLY
     B, L, H, D = q.shape
@@ -665,8 +661,7 @@ def sla_sparse_attention(q, k, v, kept, kvw=None, k_sum_mean=None, bias=None, bl
         kvw = k_sum_mean = bias = out
     args = (q, k, v, kept, kvw, k_sum_mean, bias, out, block_q, block_k, with_linear)
     try:
-        _launch_attention(*args, use_tma=use_tma, group=blocks_per_step, gather=gather, config=config,
-                          split_tail=split_tail)
+        _launch_attention(*args, use_tma=use_tma, group=blocks_per_step, gather=gather, config=config)
     except Exception as exc:  # noqa: BLE001 - only the auto-picked Hopper variants fall back, and loudly
         if not (auto and (use_tma or blocks_per_step > 1 or gather)):
             raise
@@ -674,62 +669,25 @@ def sla_sparse_attention(q, k, v, kept, kvw=None, k_sum_mean=None, bias=None, bl
                       f"with this Triton ({type(exc).__name__}: {exc}); using pointer loads and one k-block per "
                       "step from now on")
         _PLAIN_VARIANT_ONLY = True
-        _launch_attention(*args, use_tma=False, group=1, gather=False, config=_launch_config(q.dtype, 1)["attention"],
-                          split_tail=split_tail)
+        _launch_attention(*args, use_tma=False, group=1, gather=False, config=_launch_config(q.dtype, 1)["attention"])
     return out
 
 
-# The fused kernel runs one 128-row q-block of one head per program, one program per SM at a time. When the units do
-# not fill the last wave (1.3B 480p: 3072 units = 23 waves of 132 + 36), that wave costs a whole wave's time (measured
-# on an H200: 1.484 ms over the first 23 waves, 1.557 ms for all 256 q-blocks). So the last units run in a second
-# launch as smaller row slices (each slice runs the same softmax steps over the same kept blocks) that spread over the
-# whole machine. The split depends only on the shape and this constant, never on the GPU, so every GPU computes the
-# same bits (132 = SMs of an H100 SXM / H200; on other GPUs it is merely a different, still exact, work split).
-WAVE_PROGRAMS = 132
-TAIL_LAUNCH = dict(num_warps=4, num_stages=2)
-
-
-def _wave_split(n_units: int, block_q: int, wave: int = WAVE_PROGRAMS) -> tuple[int, int]:
-    """(units in the main launch, rows per program in the tail launch); rows == block_q means no tail launch.
-
-    The tail is the last partial wave, cut into the smallest power-of-two slices (at least 64 rows, a warpgroup's
-    MMA height) whose count still fits one wave; a tail that is already half a wave or more is left alone.
-    """
-    tail = n_units % wave
-    if n_units < wave or tail == 0 or 2 * tail > wave or block_q < 128:
-        return n_units, block_q
-    rows = block_q
-    while rows > 64 and tail * (block_q // (rows // 2)) <= wave:
-        rows //= 2
-    return n_units - tail, rows
-
-
 def _launch_attention(q, k, v, kept, kvw, k_sum_mean, bias, out, block_q, block_k, with_linear, use_tma, group,
-                      gather, config, split_tail=None):
+                      gather, config):
     B, L, H, D = q.shape
-    nq = -(-L // block_q)
-    n_units = nq * B * H
-    main_units, tail_rows = _wave_split(n_units, block_q) if split_tail is None else split_tail
-    k_in = _kv_descriptor(k, block_k) if use_tma else k
-    v_in = _kv_descriptor(v, block_k) if use_tma else v
-    common = (
+    _sla_attention_kernel[(-(-L // block_q), B * H)](
+        q, _kv_descriptor(k, block_k) if use_tma else k, _kv_descriptor(v, block_k) if use_tma else v, out, kept,
+        kvw, k_sum_mean, bias,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
-        k_sum_mean.stride(1), L, H, nq,
+        k_sum_mean.stride(1), L, H, kept.shape[-1], LOG2E / math.sqrt(D), LINEAR_EPS / L,
+        D=D, BLOCK_M=block_q, BLOCK_N=block_k, USE_TMA=use_tma, GROUP=group, GATHER=gather,
+        WITH_LINEAR=with_linear,
+        **config,
     )
-    flags = dict(D=D, BLOCK_Q=block_q, BLOCK_N=block_k, USE_TMA=use_tma, GROUP=group, GATHER=gather,
-                 WITH_LINEAR=with_linear)
-    scale = (kept.shape[-1], LOG2E / math.sqrt(D), LINEAR_EPS / L)
-    launches = [(0, main_units, block_q, config)]
-    if main_units < n_units:
-        launches.append((main_units, n_units - main_units, tail_rows, {**config, **TAIL_LAUNCH}))
-    for unit0, units, rows, launch in launches:
-        _sla_attention_kernel[(units * (block_q // rows),)](
-            q, k_in, v_in, out, kept, kvw, k_sum_mean, bias, *common, unit0, *scale,
-            BLOCK_M=rows, **flags, **launch,
-        )
 
 
 def _check_triton_inputs(q, k, v, block_q: int, block_k: int):

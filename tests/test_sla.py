@@ -184,10 +184,6 @@ INTERPRETER_SCRIPT = textwrap.dedent(
     variants = {f"tma={t},pairs={p}": sla.sla_sparse_attention(q, k, v, kept, kvw, k_sum, bias, use_tma=t, pairs=p)
                 for t, p in itertools.product((False, True), repeat=2)}
     variants["gathered pairs"] = sla.sla_sparse_attention(q, k, v, kept, kvw, k_sum, bias, pairs=True, gather=True)
-    # the last partial wave as a second launch of 64- or 32-row slices (24 units: 20 or 21 in the main launch)
-    res["tail_errs"] = {f"{main}x{rows}": maxerr(sla.sla_sparse_attention(q, k, v, kept, kvw, k_sum, bias,
-                                                                        split_tail=(main, rows)), first)
-                        for main, rows in ((20, 64), (21, 32), (0, 64))}
     # topk 0.7: 7 of 11 k-blocks -> three steps of two, then a single or the ragged block
     kept7, kvw7, k_sum7, bias7 = sla.sla_triton_plan(q, k, v, w, b, 0.7)
     ref7 = sla.sla_reference(q, k, v, w, b, 0.7)
@@ -260,21 +256,6 @@ def test_one_or_two_kept_blocks_per_softmax_step_plain_or_gathered_match_the_ref
     assert all(err <= 1e-4 for err in interpreted["group_errs"].values()), interpreted["group_errs"]
 
 
-def test_the_last_partial_wave_split_into_row_slices_computes_the_same_attention(interpreted):
-    assert all(err <= 1e-5 for err in interpreted["tail_errs"].values()), interpreted["tail_errs"]
-
-
-@pytest.mark.parametrize("n_units,want", [
-    (3072, (3036, 64)),     # 1.3B 480p: 23 waves of 132 + 36 units -> the 36 run as 72 half q-blocks
-    (23640, (23628, 64)),   # 14B 720p: 12 units left over
-    (3036, (3036, 128)),    # whole waves: no tail launch
-    (100, (100, 128)),      # less than one wave: nothing to balance
-    (3036 + 70, (3106, 128)),  # a tail over half a wave is left alone
-])
-def test_only_a_small_last_partial_wave_is_split_and_the_split_depends_on_the_shape_alone(n_units, want):
-    assert sla._wave_split(n_units, 128) == want
-
-
 def test_statistics_pass_tile_size_changes_only_the_summation_order(interpreted):
     assert all(err <= 1e-5 for err in interpreted["tile_errs"].values()), interpreted["tile_errs"]
 
@@ -341,11 +322,6 @@ def test_gpu_every_kernel_variant_matches_the_reference_at_the_1_3b_shape():
             assert relative_error(out, ref) <= 1e-2, (use_tma, pairs, relative_error(out, ref))
     out = sla.sla_sparse_attention(q, k, v, kept, kvw, k_sum, bias32, pairs=True, gather=True)
     assert relative_error(out, ref) <= 1e-2, ("gathered pairs", relative_error(out, ref))
-    # 3072 units: the default splits the last 36 into 64-row programs; one launch of whole q-blocks agrees
-    split = sla.sla_sparse_attention(q, k, v, kept, kvw, k_sum, bias32)
-    n_units = kept.numel() // kept.shape[-1]
-    whole = sla.sla_sparse_attention(q, k, v, kept, kvw, k_sum, bias32, split_tail=(n_units, 128))
-    assert relative_error(split, whole) <= 1e-3 and relative_error(whole, ref) <= 1e-2
 
 
 @pytest.mark.gpu

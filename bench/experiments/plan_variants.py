@@ -17,8 +17,11 @@ Measured on an H200 (torch 2.11, Triton 3.6), ms; the SLA full op took 1.812 and
   Select: one row and one warp per program 0.021 (now the default), 8 rows x 4 warps (the old default) 0.042.
   Fused routing (scores in registers, then the same selection): 0.13-0.32, slower than matmul + select 0.060,
   because the 16-row score tile must live in one program: kept here as a negative result.
-  Attention kernel: 253 q-blocks 1.486, 256 q-blocks in one launch 1.554 (the last 36 units cost a whole wave);
-  with the last wave as 64-row programs (now the default) 1.535-1.540.
+  Attention kernel: 253 q-blocks 1.486, all 256 1.554: the last 36 of 3072 units cost a whole wave. Running them
+  as a second launch of 64-row programs (tried in this session, then removed) gained only 0.5% at 1.3B (median of
+  6 interleaved runs: 1.551 vs 1.559 ms) and nothing at 14B 720p (26.385 vs 26.388 ms): a 64-row program with one
+  warpgroup takes most of a 128-row program's time. Splitting the tail's kept blocks across programs (split-K with
+  a fixed-order merge) would be the next thing to try.
 """
 import math
 import os
