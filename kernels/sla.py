@@ -565,8 +565,9 @@ def sla_prologue(q, k, v, proj_weight, block_q: int = 128, block_k: int = 64, kv
     tile = min(max(STATS_LAUNCH["tile"], block_k), 16 * block_k)  # powers of two: tile | block_q or block_q | tile
     tiles_per_q_block = max(1, block_q // tile)
     n_tiles = -(-L // tile)
-    # at most target_programs in all (one wave: a few straggler programs would double the time)
-    chunks_per_head = max(1, STATS_LAUNCH["target_programs"] // (B * H))
+    # at most target_programs per batch item (one wave at B = 1: a few straggler programs would double the time);
+    # per item, not per batch, so an item's chunking (its summation order) never depends on the batch size
+    chunks_per_head = max(1, STATS_LAUNCH["target_programs"] // H)
     tiles_per_chunk = -(-n_tiles // chunks_per_head)
     tiles_per_chunk = -(-tiles_per_chunk // tiles_per_q_block) * tiles_per_q_block
     n_chunks = -(-n_tiles // tiles_per_chunk)

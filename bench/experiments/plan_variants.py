@@ -20,8 +20,13 @@ Measured on an H200 (torch 2.11, Triton 3.6), ms; the SLA full op took 1.812 and
   Attention kernel: 253 q-blocks 1.486, all 256 1.554: the last 36 of 3072 units cost a whole wave. Running them
   as a second launch of 64-row programs (tried in this session, then removed) gained only 0.5% at 1.3B (median of
   6 interleaved runs: 1.551 vs 1.559 ms) and nothing at 14B 720p (26.385 vs 26.388 ms): a 64-row program with one
-  warpgroup takes most of a 128-row program's time. Splitting the tail's kept blocks across programs (split-K with
-  a fixed-order merge) would be the next thing to try.
+  warpgroup takes most of a 128-row program's time.
+  Split-K of the tail (session 4, H200, bench/experiments/ab_attention.py against the unchanged kernel, medians of
+  5 interleaved rounds): the last 3 q-blocks of every head as 3 slices of 18 kept blocks each, run first as their
+  own launch (108 programs), then the other 253 q-blocks (23 full waves), then a fixed-order merge kernel:
+  1.538 ms vs 1.541, no gain (14B 720p: 25.83 vs 25.70). Folding the slices into the main launch (one 1D grid,
+  runtime slice bounds) was worse: 1.616 ms, and the 1D grid alone 1.561: the kernel sits at 251 registers, and
+  anything that lengthens its live ranges costs more than the tail wave. Both removed again.
 """
 import math
 import os
