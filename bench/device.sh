@@ -22,6 +22,8 @@ for s in "$@"; do
     dit-sla) step dit-sla 240 python bench/bench_dit.py --model 1.3b --res 480p --frames 81 --attention sla ;;
     vae) step vae 240 python bench/bench_vae.py ;;
     linear) step linear 180 python bench/bench_linear.py ;;
+    norms) step norms 150 python bench/bench_norms.py ;;
+    norms14) step norms14 170 python bench/bench_norms.py --shapes 1.3b,14b --budget-s 140 ;;
     attention) step attention 240 python bench/bench_attention.py ;;
     pipeline) step pipeline 300 python bench/bench_pipeline.py --attention sla --quant fp8 --json "$OUT/pipeline.json" ;;
     pipeline-dense) step pipeline-dense 300 python bench/bench_pipeline.py --attention dense --quant none --json "$OUT/pipeline_dense.json" ;;

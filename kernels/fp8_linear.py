@@ -205,9 +205,20 @@ if triton is not None:
         return _round_to_e4m3_grid(q).to(out_ty)
 
     @triton.jit
+    def _fp8_row_scale(amax):
+        """Per-row scale max(amax, 2^-40) / 448 and its correctly rounded reciprocal: `quantize_rows_fp8_ref`'s
+        math, shared by every kernel that quantizes rows (so they all give the reference's bits)."""
+        scale = tl.maximum(amax, _AMAX_FLOOR) * _RECIP_FP8_MAX
+        return scale, tl.math.div_rn(tl.full(scale.shape, 1.0, tl.float32), scale)
+
+    @triton.jit
+    def _fp8_codes(v, inv, out_ty, HW_CVT: tl.constexpr):
+        """[ROWS, W] fp32 rows times their reciprocal scales [ROWS], clamped to +-448, as e4m3fn codes."""
+        return _to_fp8(tl.minimum(tl.maximum(v * inv[:, None], -_FP8_MAX), _FP8_MAX), out_ty, HW_CVT)
+
+    @triton.jit
     def _store_segment(q_ptr, rows, stride_q, v, mask, cols, inv, HW_CVT: tl.constexpr):
-        q = tl.minimum(tl.maximum(v * inv[:, None], -_FP8_MAX), _FP8_MAX)
-        tl.store(q_ptr + rows[:, None] * stride_q + cols[None, :], _to_fp8(q, q_ptr.dtype.element_ty, HW_CVT),
+        tl.store(q_ptr + rows[:, None] * stride_q + cols[None, :], _fp8_codes(v, inv, q_ptr.dtype.element_ty, HW_CVT),
                  mask=mask)
 
     @triton.jit
@@ -232,8 +243,7 @@ if triton is not None:
         if W3 > 0:
             v3, m3, c3 = _load_segment(x_ptr, rows, rmask, stride_x, K, W1 + W2, W3, GELU, ACT_DTYPE, HW_CVT)
             amax = tl.maximum(amax, tl.max(tl.abs(v3), axis=1))
-        scale = tl.maximum(amax, _AMAX_FLOOR) * _RECIP_FP8_MAX
-        inv = tl.math.div_rn(tl.full([ROWS], 1.0, tl.float32), scale)
+        scale, inv = _fp8_row_scale(amax)
         tl.store(scale_ptr + rows, scale, mask=rmask)
         _store_segment(q_ptr, rows, stride_q, v1, m1, c1, inv, HW_CVT)
         if W2 > 0:
@@ -259,8 +269,7 @@ if triton is not None:
                 xk = _gelu_tanh(xk, ACT_DTYPE, HW_CVT)
             acc = tl.maximum(acc, tl.abs(xk))
         amax = tl.max(acc, axis=0)
-        scale = tl.maximum(amax, _AMAX_FLOOR) * _RECIP_FP8_MAX
-        inv = tl.math.div_rn(tl.full([], 1.0, tl.float32), scale)
+        scale, inv = _fp8_row_scale(amax)
         tl.store(scale_ptr + row, scale)
         for k0 in range(0, K, BLOCK_K):
             m = k0 + cols < K
@@ -542,13 +551,28 @@ def fp8_ffn_gelu(x: torch.Tensor, up: FP8Linear, down: FP8Linear) -> torch.Tenso
     On any device (CPU: torch references and the float32 GEMM emulation), so it is testable without a GPU.
     """
     h = up(x).reshape(-1, up.out_features)
+    return _gelu_down(h, down, x.dtype).view(*x.shape[:-1], down.out_features)
+
+
+def fp8_ffn_gelu_quantized(
+    xq: torch.Tensor, xs: torch.Tensor, up: FP8Linear, down: FP8Linear, dtype: torch.dtype = torch.bfloat16
+) -> torch.Tensor:
+    """`fp8_ffn_gelu` on rows already quantized for the up GEMM (xq [M, K] e4m3fn, xs [M] fp32: e.g. by the fused
+    LayerNorm-modulate kernel, which never writes the bf16 rows) -> [M, N] in `dtype`, the activation dtype the
+    rows were rounded to before quantizing. Same bits as `fp8_ffn_gelu` on those rows: `up(x)` is exactly
+    `up.forward_quantized(*quantize_per_token_fp8(x))`."""
+    return _gelu_down(up.forward_quantized(xq, xs).to(dtype), down, dtype)
+
+
+def _gelu_down(h: torch.Tensor, down: FP8Linear, dtype: torch.dtype) -> torch.Tensor:
+    """down(GELU(h)) for the up projection's output rows h [M, H]: fused GELU + quantization, then the fp8 GEMM."""
     hq, hs = quantize_gelu_per_token_fp8(h)
-    return down.forward_quantized(hq, hs).to(x.dtype).view(*x.shape[:-1], down.out_features)
+    return down.forward_quantized(hq, hs).to(dtype)
 
 
 __all__ = [
-    "FP8_DTYPE", "FP8_MAX", "FP8Linear", "fp8_ffn_gelu", "fp8_linear", "fp8_linear_emulated", "fp8_matmul",
-    "fp8_matmul_emulated", "gelu_tanh_ref", "launch_config", "quantize_gelu_per_token_fp8",
+    "FP8_DTYPE", "FP8_MAX", "FP8Linear", "fp8_ffn_gelu", "fp8_ffn_gelu_quantized", "fp8_linear", "fp8_linear_emulated",
+    "fp8_matmul", "fp8_matmul_emulated", "gelu_tanh_ref", "launch_config", "quantize_gelu_per_token_fp8",
     "quantize_gelu_per_token_fp8_ref", "quantize_gelu_per_token_fp8_triton", "quantize_weight_fp8",
     "quantize_per_token_fp8", "quantize_per_token_fp8_ref", "quantize_per_token_fp8_triton",
     "quantize_rows_fp8_ref", "row_segments",

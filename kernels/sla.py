@@ -42,15 +42,15 @@ LOG2E = 1.4426950408889634
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 
 # The Triton path computes the linear-branch statistics in chunks of TILE-token tiles, one program per
-# (chunk, b, h), then sums the chunk partials in a fixed order (`_sla_finalize_kernel`). The chunk size depends only
-# on the shape (never on the device), so the bits are the same on every GPU. One wave of 2 programs per H200 SM:
-# enough to fill the machine, while the partials (D*D + 2D floats per program) stay a few MB instead of tens.
-# Measured on an H200 at the 1.3B shape (statistics + finalize; token sums as selector MMAs): tile 64 x 8 warps
-# 0.208 ms, x 4 warps 0.225 ms (the committed scalar-reduction pass: 0.257 ms), tile 128 x 8 warps 0.209 ms,
-# 3 stages 0.33 ms or out of shared memory, 528 programs 0.23-0.25 ms, 132 programs 0.197 ms (kept 264: measured
-# at both Wan shapes). At 14B 720p one wave is 240 programs (the
-# old pass: 1.70 ms vs 2.69 ms for 280 programs, a nearly empty second wave).
-STATS_LAUNCH = dict(target_programs=264, num_warps=8, num_stages=2, tile=64)
+# (chunk, b, h), then sums the chunk partials in a fixed order (`_sla_finalize_kernel`). The chunking depends only
+# on the shape of one batch item (never on the device or the batch size), so the bits are the same on every GPU
+# and in every batch. One wave of one 16-warp program per H200 SM: the [D, D] phi(k)^T v accumulator spread over
+# 512 threads fits 128 registers, and 3 stages of q/k/v tiles keep enough loads in flight.
+# Measured on an H200 (bench/experiments/stats_launch_sweep.py, statistics + finalize, ms at 1.3B / 14B 720p):
+# 16 warps x 132 programs x 3 stages 0.155 / 1.098; 4 stages 0.155 / 1.105; 264 programs 0.170 / 1.141; 66
+# programs 0.320; 8 warps x 264 x 2 stages (the session-3 default: 241 registers, one program per SM) 0.209 / 1.430;
+# 8 warps, tile 32, 4 stages 0.164-0.180; tile 128 at 3 stages does not fit shared memory.
+STATS_LAUNCH = dict(target_programs=132, num_warps=16, num_stages=3, tile=64)
 # Kernel variants, fixed per dtype/device (bench/bench_attention.py times all of them):
 # TMA loads of K/V tiles (host tensor descriptors) measured slower than pointer loads on an H200 at both Wan
 # shapes (1.62 vs 1.57 ms at 1.3B, 27.1 vs 26.1 ms at 14B), so pointer loads are the default everywhere.

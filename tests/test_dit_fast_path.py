@@ -1,12 +1,17 @@
 """Specification of the DiT's fused fast path (CUDA, bf16): the same math as the torch path within bf16
 rounding, deterministic, and never touching the caller's tensors. On CPU the fused path is run with every
-kernel's torch reference (forced through `use_fused`), which checks its wiring and dtype semantics."""
+kernel's torch reference (forced through `use_fused`), which checks its wiring and dtype semantics, and with the
+real Triton kernels under the interpreter where bits matter (the fused LayerNorm -> fp8 wiring)."""
 from __future__ import annotations
 
+import textwrap
+
+from _helpers import run_interpreted
 import pytest
 import torch
 
 from kernels.norms import rope_cos_sin
+from turbo_batch.models import dit
 from turbo_batch.models.dit import DiTConfig, FeedForward
 from turbo_batch.models.dit_checkpoints import random_dit
 from turbo_batch.models.quantize import DEFAULT_KEEP_BF16, quantize_linears_
@@ -47,6 +52,68 @@ def test_fused_wiring_with_torch_references_tracks_the_torch_path_on_cpu(fp8):
         got = forced_fused(m)(x, t, context)
     assert got.dtype == torch.float32 and got.shape == want.shape
     assert rel_l2(got, want) < 1e-3  # measured 0 (bit-identical) on CPU
+
+
+def counting_fused_norm_quantizer(monkeypatch) -> list:
+    """Count the DiT's calls of the fused LayerNorm -> fp8 kernel (still running it)."""
+    calls, real = [], dit.layernorm_modulate_fp8
+    monkeypatch.setattr(dit, "layernorm_modulate_fp8", lambda *a: calls.append(a[0].shape) or real(*a))
+    return calls
+
+
+def forward_with_and_without_norm_quantization(m, args, monkeypatch):
+    """(output with the fused LayerNorm -> fp8 rows, output with the wiring before it: modulate to bf16, then each
+    FP8 projection quantizes)."""
+    with torch.no_grad():
+        fused = m(*args)
+        monkeypatch.setattr(dit, "quantize_in_norm", lambda *linears: False)
+        unfused = m(*args)
+    return fused, unfused
+
+
+@pytest.mark.parametrize("keep", [(), DEFAULT_KEEP_BF16], ids=["all-fp8", "default-keep"])
+def test_fp8_q_k_v_and_ffn_take_their_rows_from_the_fused_norm_quantizer_with_the_same_output(keep, monkeypatch):
+    """Self-attention q/k/v and the FFN are FP8 in both layouts (DEFAULT_KEEP_BF16 keeps only o and the cross-
+    attention k/v), so each block feeds both from `layernorm_modulate_fp8`; the output bits do not change."""
+    m = forced_fused(quantize_linears_(random_dit(tiny_config(), seed=3, dtype=torch.bfloat16).eval(), keep=keep))
+    x, t, context = inputs(m.cfg, batch=2)
+    calls = counting_fused_norm_quantizer(monkeypatch)
+    fused, unfused = forward_with_and_without_norm_quantization(m, (x, t, context), monkeypatch)
+    assert len(calls) == 2 * m.cfg.num_layers
+    assert torch.equal(fused, unfused)
+
+
+def test_blocks_whose_projections_are_not_all_fp8_modulate_to_bf16_as_before(monkeypatch):
+    m = random_dit(tiny_config(), seed=3, dtype=torch.bfloat16).eval()
+    quantize_linears_(m, keep=("self_attn.v", "ffn.2"))  # q, k and the FFN up in fp8, but not all of either group
+    calls = counting_fused_norm_quantizer(monkeypatch)
+    x, t, context = inputs(m.cfg, batch=1)
+    with torch.no_grad():
+        forced_fused(m)(x, t, context)
+    assert calls == []
+
+
+INTERPRETED_DIT = textwrap.dedent(
+    """
+    import json, torch
+    from turbo_batch.models import dit
+    from turbo_batch.models.dit_checkpoints import random_dit
+    from turbo_batch.models.quantize import quantize_linears_
+    from tests.test_dit import inputs, tiny_config
+    m = quantize_linears_(random_dit(tiny_config(), seed=3, dtype=torch.bfloat16).eval())
+    m.use_fused = lambda x, dtype: True  # every norm, quantize and residual kernel runs in the Triton interpreter
+    x, t, context = inputs(m.cfg, batch=2)
+    with torch.no_grad():
+        fused = m(x, t, context)
+        dit.quantize_in_norm = lambda *linears: False
+        unfused = m(x, t, context)
+    print("RESULT" + json.dumps({"same_bits": bool(torch.equal(fused, unfused)), "finite": bool(fused.isfinite().all())}))
+    """
+)
+
+
+def test_with_the_real_kernels_in_interpreter_mode_the_fused_norm_quantizer_leaves_the_fp8_forward_bits_unchanged():
+    assert run_interpreted(INTERPRETED_DIT, timeout=300) == {"same_bits": True, "finite": True}
 
 
 def test_a_fused_block_leaves_the_callers_stream_untouched():
@@ -109,6 +176,18 @@ def test_gpu_fused_forward_matches_the_torch_path_and_repeats_its_bits(fp8):
     # (a 6% step), so the two paths drift further apart; measured 1.03e-2 on an H200.
     assert rel_l2(fused, plain) <= (2e-2 if fp8 else 1e-2)
     assert torch.equal(fused, again)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("keep", [(), DEFAULT_KEEP_BF16], ids=["all-fp8", "default-keep"])
+def test_gpu_the_fused_norm_quantizer_leaves_the_fp8_forward_bits_unchanged(keep, monkeypatch):
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 needs sm89+")
+    m, args = gpu_case(True, keep=keep)
+    calls = counting_fused_norm_quantizer(monkeypatch)
+    fused, unfused = forward_with_and_without_norm_quantization(m, args, monkeypatch)
+    assert len(calls) == 2 * m.cfg.num_layers and torch.equal(fused, unfused)
 
 
 @pytest.mark.gpu

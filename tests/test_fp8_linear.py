@@ -14,6 +14,7 @@ from kernels.fp8_linear import (
     FP8_DTYPE,
     FP8Linear,
     fp8_ffn_gelu,
+    fp8_ffn_gelu_quantized,
     fp8_linear,
     fp8_linear_emulated,
     fp8_matmul_emulated,
@@ -173,6 +174,17 @@ def test_fp8_ffn_runs_up_gelu_quant_down_and_equals_the_composition_of_its_refer
     assert rel_err(y, module_chain) < 0.01
     # two fp8 GEMMs in a row (each ~3.7% on Gaussian data, see above): ~5% against float32
     assert rel_err(y, down(nn.functional.gelu(up(x.float()), approximate="tanh"))) < 0.08
+
+
+def test_the_fp8_ffn_on_rows_quantized_upstream_is_the_fp8_ffn_on_the_activation():
+    """What a fused norm -> fp8 kernel hands the FFN (the rows `quantize_per_token_fp8` makes of x) gives the same
+    bits as `fp8_ffn_gelu(x)`, which quantizes x itself."""
+    g = torch.Generator().manual_seed(5)
+    fup, fdown = FP8Linear.from_linear(nn.Linear(64, 128)), FP8Linear.from_linear(nn.Linear(128, 64))
+    x = torch.randn(2, 9, 64, generator=g).bfloat16()
+    y = fp8_ffn_gelu_quantized(*quantize_per_token_fp8(x.reshape(-1, 64)), fup, fdown, x.dtype)
+    assert y.shape == (18, 64) and y.dtype == torch.bfloat16
+    assert torch.equal(y.view(2, 9, 64), fp8_ffn_gelu(x, fup, fdown))
 
 
 def test_fp8linear_uses_fast_accumulation_by_default_and_forward_quantized_is_forward():

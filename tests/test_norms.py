@@ -1,8 +1,10 @@
-"""Specification of the fused DiT elementwise kernels: modulated LayerNorm, gated residual, RMSNorm + 3D RoPE.
+"""Specification of the fused DiT elementwise kernels: modulated LayerNorm (and its fused FP8 quantization), gated
+residual, RMSNorm + 3D RoPE.
 
 The torch references state the dtype semantics of Wan/TurboDiffusion; the Triton kernels must match them
 (bit for bit for the gated residual, within one final rounding for the reductions) in the interpreter on
-CPU and on CUDA, and repeat their bits run to run."""
+CPU and on CUDA, and repeat their bits run to run. The fused LayerNorm -> fp8 kernel gives exactly the bits of
+the two kernels it replaces."""
 from __future__ import annotations
 
 import textwrap
@@ -12,18 +14,24 @@ from _helpers import run_interpreted
 import torch
 import torch.nn.functional as F
 
+from kernels.fp8_linear import quantize_per_token_fp8, quantize_per_token_fp8_ref
 from kernels.norms import (
     gated_residual,
     gated_residual_ref,
     layernorm_affine,
     layernorm_affine_ref,
     layernorm_modulate,
+    layernorm_modulate_fp8,
+    layernorm_modulate_fp8_ref,
     layernorm_modulate_ref,
+    norm_launch_config,
+    old_launch_config,
     rmsnorm,
     rmsnorm_ref,
     rmsnorm_rope,
     rmsnorm_rope_ref,
     rope_cos_sin,
+    row_tiling,
 )
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -65,6 +73,21 @@ def modulated_within_one_rounding(a: torch.Tensor, b: torch.Tensor, x: torch.Ten
 
 def mismatch(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a != b).float().mean().item()
+
+
+def same_fp8(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]) -> bool:
+    """Bitwise equality of two (e4m3fn rows, fp32 scales) pairs."""
+    return bool(torch.equal(a[0].view(torch.uint8), b[0].view(torch.uint8)) and torch.equal(a[1], b[1]))
+
+
+def with_degenerate_rows(x: torch.Tensor, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last batch element gets shift 0 and a constant row (LayerNorm 0: an all-zero row, quantized with the
+    floor scale); batch element 0 a row 1000x larger than the others (same normalized values up to eps)."""
+    x, shift = x.clone(), shift.clone()
+    shift[-1] = 0
+    x[-1, 2] = 3.0
+    x[0, 1] = x[0, 1] * 1000
+    return x, shift
 
 
 # ============================================================================================ references
@@ -167,6 +190,36 @@ def test_affine_layernorm_and_plain_rmsnorm_refs_are_the_dit_layers_bit_for_bit(
         assert torch.equal(rmsnorm_ref(x, weight).to(dtype), rotated.flatten(2))
 
 
+def test_layernorm_modulate_fp8_ref_quantizes_the_modulated_rows_rounded_to_the_activation_dtype():
+    x, _, shift, scale, _, _ = make_inputs(2, 5, 48, 3, torch.bfloat16)
+    x, shift = with_degenerate_rows(x, shift)
+    q, s = layernorm_modulate_fp8_ref(x, shift, scale)
+    want = quantize_per_token_fp8_ref(layernorm_modulate_ref(x, shift, scale).reshape(-1, 48))
+    assert q.shape == (10, 48) and q.dtype == torch.float8_e4m3fn and s.shape == (10,)
+    assert same_fp8((q, s), want)
+    assert bool((q.view(torch.uint8)[7] == 0).all()) and s[7] == 2.0**-40 / 448  # the all-zero row
+    assert same_fp8(layernorm_modulate_fp8(x, shift, scale), (q, s))  # CPU: the public op is the composition
+
+
+def test_launch_configs_give_each_row_whole_warps_and_each_thread_one_16_byte_vector_per_segment():
+    """The contract of the tiling (see kernels/norms.py): per-row sums stay inside a warp up to 2048 bf16 columns,
+    no lanes are padded at the DiT widths, and ROWS x SEG = 32 lanes x one vector x num_warps, which pins Triton's
+    register layout, so the fused fp8 variant reduces exactly like the plain kernel."""
+    assert norm_launch_config(1536) == {"ROWS": 4, "SEG": 256, "NSEG": 6, "num_warps": 4}  # Wan 1.3B
+    assert norm_launch_config(5120) == {"ROWS": 1, "SEG": 1024, "NSEG": 5, "num_warps": 4}  # Wan 14B: 4 warps/row
+    for C in (512, 1536, 2048, 3072, 5120):
+        for elem_bytes in (2, 4):
+            cfg = norm_launch_config(C, elem_bytes)
+            assert cfg["ROWS"] * cfg["SEG"] == 32 * (16 // elem_bytes) * cfg["num_warps"], (C, elem_bytes, cfg)
+            assert cfg["SEG"] * cfg["NSEG"] == C and cfg == norm_launch_config(C, elem_bytes)
+            assert cfg["SEG"] * cfg["NSEG"] // (32 * cfg["num_warps"] // cfg["ROWS"]) <= 64  # values/thread/row
+    for C in (16, 48, 96, 200):  # narrower than a warp's vectors: equal segments, at most one vector per thread
+        cfg = norm_launch_config(C)
+        assert cfg["ROWS"] * cfg["SEG"] <= 32 * 8 * cfg["num_warps"] and cfg["SEG"] * cfg["NSEG"] >= C
+    assert row_tiling(1536) == (512, 3) and row_tiling(96) == (32, 3) and row_tiling(5120) == (1024, 5)
+    assert old_launch_config(1536) == {"ROWS": 1, "SEG": 2048, "NSEG": 1, "num_warps": 8}  # the launch before
+
+
 def test_public_ops_on_cpu_are_the_references():
     x, y, shift, scale, gate, weight = make_inputs(1, 6, 32, 2, torch.bfloat16)
     cos, sin = rope_cos_sin(1, 2, 3, 16)
@@ -184,8 +237,8 @@ def test_public_ops_on_cpu_are_the_references():
 INTERPRET_SCRIPT = textwrap.dedent(
     """
     import json, torch
-    from kernels import norms as N
-    from tests.test_norms import make_inputs, within_one_rounding, mismatch
+    from kernels import norms as N, fp8_linear as F8
+    from tests.test_norms import make_inputs, within_one_rounding, mismatch, same_fp8, with_degenerate_rows
     bf16, f32 = torch.bfloat16, torch.float32
     out = {}
     B, H, D = 2, 3, 32
@@ -217,6 +270,36 @@ INTERPRET_SCRIPT = textwrap.dedent(
     want = N.gated_residual_ref(x, y, gate.to(bf16))
     N.gated_residual_triton(x, y, gate.to(bf16), out=x)
     out["gr_in_place"] = [True, bool(torch.equal(x, want)), 0.0]
+    # the fused LayerNorm -> fp8 kernel against the two kernels it replaces: narrow rows, the 1.3B width (6 segments
+    # of 256, a warp per row), a padded width, and a row count that is no multiple of ROWS
+    for C, L2 in ((96, 12), (1536, 9), (200, 37)):
+        for xd in (bf16, f32):
+            x, _, shift, scale, _, _ = make_inputs(2, L2, C, 1, xd, seed=C)
+            x, shift = with_degenerate_rows(x, shift)
+            fused = N.layernorm_modulate_fp8(x, shift, scale)
+            composed = F8.quantize_per_token_fp8(N.layernorm_modulate(x, shift, scale).reshape(-1, C))
+            ref = N.layernorm_modulate_fp8_ref(x, shift, scale)
+            out[f"fp8_{C}_{xd}"] = [same_fp8(fused, composed), same_fp8(fused, N.layernorm_modulate_fp8_triton(
+                x, shift, scale)), mismatch(fused[0].view(torch.uint8), ref[0].view(torch.uint8)),
+                float(((fused[1] - ref[1]).abs() / ref[1]).max())]
+    # a row's bits do not depend on which rows share its program: drop the first token (so every program holds
+    # other rows) and compare what remains
+    x, y, shift, scale, gate, weight = make_inputs(1, 21, 1536, 12, bf16, seed=9)
+    c, s = N.rope_cos_sin(1, 3, 7, 128)
+    out["rows_independent"] = [
+        bool(torch.equal(N.layernorm_modulate_triton(x, shift, scale)[:, 1:],
+                         N.layernorm_modulate_triton(x[:, 1:], shift, scale))),
+        same_fp8([t[1:] for t in N.layernorm_modulate_fp8_triton(x, shift, scale)],
+                 N.layernorm_modulate_fp8_triton(x[:, 1:], shift, scale)),
+        bool(torch.equal(N.rmsnorm_rope_triton(x, weight, c, s, 12)[:, 1:],
+                         N.rmsnorm_rope_triton(x[:, 1:], weight, c[1:], s[1:], 12))),
+        bool(torch.equal(N.rmsnorm_triton(x, weight)[:, 1:], N.rmsnorm_triton(x[:, 1:], weight))),
+    ]
+    # the old one-row-per-program launch (kept for benchmarks) computes the same op
+    a = N.layernorm_modulate_triton(x, shift, scale, config=N.old_launch_config(1536))
+    b = N.rmsnorm_rope_triton(x, weight, c, s, 12, config=N.old_launch_config(1536))
+    out["old_launch"] = [within_one_rounding(a, N.layernorm_modulate_ref(x, shift, scale)),
+                         within_one_rounding(b, N.rmsnorm_rope_ref(x, weight, c, s, 12), 2, 1.2)]
     print("RESULT" + json.dumps(out))
     """
 )
@@ -253,6 +336,24 @@ def test_affine_layernorm_and_plain_rmsnorm_kernels_in_interpreter_mode_match_th
     assert len(cases) == 10
     for name, (dtype_ok, close, frac) in cases.items():
         assert dtype_ok and close and frac < 0.05, (name, frac)
+
+
+def test_fused_layernorm_fp8_kernel_in_interpreter_mode_is_bitwise_the_two_kernels_it_replaces(interpreted):
+    """And against the torch composition (another mean/variance summation order) only the rare rounding flips
+    differ: a few codes, and scales within one bf16 rounding of the row's amax."""
+    cases = {k: v for k, v in interpreted.items() if k.startswith("fp8_")}
+    assert len(cases) == 6
+    for name, (same_as_composition, same_as_triton_entry, codes_differing, scale_rel) in cases.items():
+        assert same_as_composition and same_as_triton_entry, name
+        assert codes_differing < 0.05 and scale_rel <= 2.0**-7, (name, codes_differing, scale_rel)
+
+
+def test_a_rows_bits_do_not_depend_on_the_rows_sharing_its_program_in_interpreter_mode(interpreted):
+    assert interpreted["rows_independent"] == [True, True, True, True]
+
+
+def test_the_old_one_row_launch_is_still_reachable_for_benchmarks(interpreted):
+    assert interpreted["old_launch"] == [True, True]
 
 
 # ============================================================================================ GPU
@@ -296,3 +397,31 @@ def test_fused_norm_kernels_on_cuda_give_the_same_bits_twice():
                lambda: rmsnorm_rope(x, weight, cos, sin, H), lambda: rmsnorm(x, weight),
                lambda: layernorm_affine(x, weight, shift.flatten())):
         assert torch.equal(fn(), fn())
+    if torch.cuda.get_device_capability() >= (8, 9):
+        assert same_fp8(layernorm_modulate_fp8(x, shift, scale), layernorm_modulate_fp8(x, shift, scale))
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("B,L,C,H", DIT_SHAPES)
+def test_fused_layernorm_fp8_on_cuda_is_bitwise_the_modulate_then_quantize_kernels(B, L, C, H):
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("Triton's fp8e4nv needs sm89+")
+    x, _, shift, scale, _, _ = make_inputs(B, L, C, H, torch.bfloat16, device="cuda")
+    x, shift = with_degenerate_rows(x, shift)
+    fused = layernorm_modulate_fp8(x, shift, scale)
+    assert same_fp8(fused, quantize_per_token_fp8(layernorm_modulate(x, shift, scale).reshape(-1, C)))
+    assert fused[0].shape == (B * L, C) and fused[1].shape == (B * L,)
+
+
+@pytest.mark.gpu
+@cuda
+def test_on_cuda_a_rows_bits_do_not_depend_on_the_rows_sharing_its_program():
+    B, L, C, H = DIT_SHAPES[0]
+    x, _, shift, scale, _, weight = make_inputs(B, L, C, H, torch.bfloat16, device="cuda")
+    cos, sin = rope_cos_sin(1, 1, L, C // H, device="cuda")
+    assert torch.equal(layernorm_modulate(x, shift, scale)[:, 1:], layernorm_modulate(x[:, 1:], shift, scale))
+    assert torch.equal(rmsnorm_rope(x, weight, cos, sin, H)[:, 1:], rmsnorm_rope(x[:, 1:], weight, cos[1:], sin[1:], H))
+    if torch.cuda.get_device_capability() >= (8, 9):
+        q, s = layernorm_modulate_fp8(x, shift, scale)
+        assert same_fp8((q[1:], s[1:]), layernorm_modulate_fp8(x[:, 1:], shift, scale))

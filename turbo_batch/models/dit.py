@@ -15,7 +15,9 @@ row's output does not depend on which other rows share its batch (checked bit-fo
 Fast path (CUDA, bf16 model, `model.fused = True`, the default): the same math through fused kernels
 (kernels/norms.py): modulated LayerNorm, affine LayerNorm, q/k RMSNorm + RoPE straight into the (B, L, H, D)
 attention layout, gated residual adds in place on the block's own stream; FP8 blocks quantize an activation
-once for q/k/v (and for the cross k/v) and run the FFN hidden activation through fused GELU + quantization.
+once for q/k/v (and for the cross k/v) and run the FFN hidden activation through fused GELU + quantization; the
+modulated LayerNorms in front of FP8 q/k/v and an FP8 FFN write the per-token fp8 rows directly
+(`layernorm_modulate_fp8`: the same bits as modulating to bf16 and then quantizing, without the bf16 round trip).
 Every kernel rounds where the torch path rounds, so the two agree within bf16 rounding; the torch path (CPU,
 float32, `fused = False`) is the specification.
 """
@@ -23,14 +25,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.fp8_linear import FP8Linear, fp8_ffn_gelu, quantize_per_token_fp8
-from kernels.norms import gated_residual, layernorm_affine, layernorm_modulate, rmsnorm, rmsnorm_rope
+from kernels.fp8_linear import FP8Linear, fp8_ffn_gelu, fp8_ffn_gelu_quantized, quantize_per_token_fp8
+from kernels.norms import (
+    gated_residual,
+    layernorm_affine,
+    layernorm_modulate,
+    layernorm_modulate_fp8,
+    rmsnorm,
+    rmsnorm_rope,
+)
 
 from .attention import BACKENDS, attention
 
@@ -113,11 +122,46 @@ def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(rotated).flatten(-2).to(x.dtype)
 
 
-def project(x: torch.Tensor, *linears: nn.Module) -> list[torch.Tensor]:
-    """[linear(x) for linear in linears]; FP8 layers share one quantization of x (same bits as quantizing per layer)."""
-    if len(linears) > 1 and all(isinstance(m, FP8Linear) for m in linears):
-        xq, xs = quantize_per_token_fp8(x.reshape(-1, x.shape[-1]))
-        return [m.forward_quantized(xq, xs).to(x.dtype).view(*x.shape[:-1], m.out_features) for m in linears]
+class Fp8Rows(NamedTuple):
+    """An activation [..., K] of dtype `dtype` already quantized per token for FP8 Linears (q [M, K] e4m3fn, scale [M]
+    fp32): what `project` and the FP8 FFN take in place of the tensor when a fused kernel wrote the fp8 rows
+    without ever storing the activation itself."""
+
+    q: torch.Tensor
+    scale: torch.Tensor
+    shape: torch.Size
+    dtype: torch.dtype
+
+
+def all_fp8(*linears: nn.Module) -> bool:
+    """True when every layer is an FP8Linear: they can all take one per-token quantization of their input."""
+    return all(isinstance(m, FP8Linear) for m in linears)
+
+
+def quantize_in_norm(*linears: nn.Module) -> bool:
+    """Whether the modulated LayerNorm in front of these Linears should write their fp8 rows itself: when they are
+    all FP8, each would only quantize the norm's output (the same bits either way; one pass over the activation
+    saved)."""
+    return all_fp8(*linears)
+
+
+def modulated_input(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float,
+                    fp8_rows: bool) -> torch.Tensor | Fp8Rows:
+    """LN(x) * (1 + scale) + shift for the next Linears, as per-token fp8 rows when `fp8_rows`."""
+    if fp8_rows:
+        return Fp8Rows(*layernorm_modulate_fp8(x, shift, scale, eps), x.shape, x.dtype)
+    return layernorm_modulate(x, shift, scale, eps)
+
+
+def project(x: torch.Tensor | Fp8Rows, *linears: nn.Module) -> list[torch.Tensor]:
+    """[linear(x) for linear in linears]; FP8 layers share one quantization of x (same bits as quantizing per layer),
+    or take the rows of an already quantized x."""
+    if isinstance(x, Fp8Rows):
+        if not all_fp8(*linears):
+            raise TypeError("project: fp8 rows can only feed FP8Linear layers")
+        return [m.forward_quantized(x.q, x.scale).to(x.dtype).view(*x.shape[:-1], m.out_features) for m in linears]
+    if len(linears) > 1 and all_fp8(*linears):
+        return project(Fp8Rows(*quantize_per_token_fp8(x.reshape(-1, x.shape[-1])), x.shape, x.dtype), *linears)
     return [m(x) for m in linears]
 
 
@@ -191,9 +235,10 @@ class SelfAttention(nn.Module):
         v = self.v(x).unflatten(2, heads)
         return self.o(self.attn_op(q, k, v).flatten(2))
 
-    def forward_fused(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward_fused(self, x: torch.Tensor | Fp8Rows, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """`forward` with RMSNorm + RoPE fused (rounded once after the weight, like RMSNorm, then once after the
-        rotation, like apply_rope), written directly as (B, L, H, D); cos/sin [L, head_dim/2] fp32."""
+        rotation, like apply_rope), written directly as (B, L, H, D); cos/sin [L, head_dim/2] fp32. x may arrive
+        as fp8 rows when q, k, v are FP8 (see `quantize_in_norm`)."""
         q, k, v = project(x, self.q, self.k, self.v)
         q = rmsnorm_rope(q, self.norm_q.weight, cos, sin, self.num_heads, self.norm_q.eps, weight_in_fp32=True)
         k = rmsnorm_rope(k, self.norm_k.weight, cos, sin, self.num_heads, self.norm_k.eps, weight_in_fp32=True)
@@ -235,9 +280,12 @@ class FeedForward(nn.Sequential):
     def __init__(self, dim: int, ffn_dim: int):
         super().__init__(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim))
 
-    def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_fused(self, x: torch.Tensor | Fp8Rows) -> torch.Tensor:
+        """The FFN on x, or on its fp8 rows when both Linears are FP8 (see `quantize_in_norm`)."""
         up, down = self[0], self[2]
-        if isinstance(up, FP8Linear) and isinstance(down, FP8Linear):
+        if isinstance(x, Fp8Rows):
+            return fp8_ffn_gelu_quantized(x.q, x.scale, up, down, x.dtype).view(*x.shape[:-1], down.out_features)
+        if all_fp8(up, down):
             return fp8_ffn_gelu(x, up, down)
         return self(x)
 
@@ -268,10 +316,11 @@ class Block(nn.Module):
         never modified); the other two update that stream in place (each element is read before it is written)."""
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (self.modulation.float() + e6).unbind(1)
         eps = self.norm1.eps
-        y = self.self_attn.forward_fused(layernorm_modulate(x, shift_sa, scale_sa, eps), cos, sin)
+        sa, ffn = self.self_attn, self.ffn
+        y = sa.forward_fused(modulated_input(x, shift_sa, scale_sa, eps, quantize_in_norm(sa.q, sa.k, sa.v)), cos, sin)
         x = gated_residual(x, y, gate_sa.to(x.dtype))
         x.add_(self.cross_attn.forward_fused(layernorm_affine(x, self.norm3.weight, self.norm3.bias, eps), context))
-        y = self.ffn.forward_fused(layernorm_modulate(x, shift_ff, scale_ff, eps))
+        y = ffn.forward_fused(modulated_input(x, shift_ff, scale_ff, eps, quantize_in_norm(ffn[0], ffn[2])))
         return gated_residual(x, y, gate_ff.to(x.dtype), out=x)
 
 
