@@ -7,14 +7,16 @@ whether the new kernel repeats the old bits. Save the old file first, e.g. `git 
 """
 import argparse
 import importlib.util
-import math
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from triton.testing import do_bench
+
+from bench_attention import make_inputs
 
 from kernels import sla
 
@@ -34,13 +36,7 @@ def main():
     args = ap.parse_args()
     old = load(args.old)
     B, L, H, D = map(int, args.shape.split(","))
-    g = torch.Generator(device="cuda").manual_seed(0)
-    slow = torch.randn(B, L // 96 + 1, H, D, generator=g, device="cuda").repeat_interleave(96, dim=1)[:, :L]
-    q = (torch.randn(B, L, H, D, generator=g, device="cuda") + slow).bfloat16()
-    k = (torch.randn(B, L, H, D, generator=g, device="cuda") + 0.5 * slow).bfloat16()
-    v = torch.randn(B, L, H, D, generator=g, device="cuda").bfloat16()
-    w = torch.randn(D, D, generator=g, device="cuda") / math.sqrt(D)
-    b = 0.1 * torch.randn(D, generator=g, device="cuda")
+    q, k, v, w, b = make_inputs(B, L, H, D)  # the same inputs bench_attention.py times
     kept, kvw, ks, b32 = sla.sla_triton_plan(q, k, v, w, b, 0.1)
     fns = {
         "old kernel": lambda: old.sla_sparse_attention(q, k, v, kept, kvw, ks, b32),

@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
-from triton.runtime import jit
 from triton.testing import do_bench
+
+from kernel_resources import recording_launches
 
 from kernels import sla
 
@@ -29,19 +31,11 @@ def main():
     w = torch.randn(128, 128, generator=g, device="cuda") / 11.3
     default = dict(sla.STATS_LAUNCH)
     ref = sla.sla_prologue(q, k, v, w)[2].float()
-    compiled, run = {}, jit.JITFunction.run
-
-    def recording(self, *a, **kw):
-        kernel = run(self, *a, **kw)
-        compiled[self.fn.__name__] = kernel
-        return kernel
-
     for warps, target, tile, stages in CONFIGS:
         sla.STATS_LAUNCH.update(num_warps=warps, target_programs=target, tile=tile, num_stages=stages)
         try:
-            jit.JITFunction.run = recording
-            kvw = sla.sla_prologue(q, k, v, w)[2].float()
-            jit.JITFunction.run = run
+            with recording_launches() as compiled:
+                kvw = sla.sla_prologue(q, k, v, w)[2].float()
             kern = compiled["_sla_stats_kernel"]
             kern._init_handles()
             ms = do_bench(lambda: sla.sla_prologue(q, k, v, w), warmup=20, rep=100, return_mode="median")
@@ -50,7 +44,6 @@ def main():
                   f"{kern.n_regs} spills {kern.n_spills} smem {kern.metadata.shared // 1024} KB  kvw rel diff {diff:.1e}",
                   flush=True)
         except Exception as exc:  # noqa: BLE001 - a config that does not compile is a row, not a crash
-            jit.JITFunction.run = run
             print(f"warps {warps} programs {target} tile {tile} stages {stages}: FAILED {type(exc).__name__}: "
                   f"{str(exc)[:100]}", flush=True)
     sla.STATS_LAUNCH.update(default)
