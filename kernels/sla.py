@@ -61,6 +61,14 @@ USE_TMA_ON_HOPPER = False
 # (`gather`) 1.644 ms at 2 stages, 1.586 ms at 3; 4 warps 3.9-4.1 ms; one block per step 1.82-1.84 ms; four
 # blocks per step do not fit shared memory at 2 stages (288 KB) and take 2.32 ms unpipelined.
 HOPPER_ATTENTION = dict(blocks_per_step=2, gather=False, num_warps=8, num_stages=2)
+# Also tried on an H200 (session 5, bench/experiments/ab_attention.py, medians of interleaved rounds, kernel ms at
+# 1.3B / 14B 720p; this kernel 1.58-1.62 / 26.1-26.4) and dropped: persistent programs, one per SM looping over
+# q-blocks (1.637; with Triton's loop-nest flattening 1.627: both spill at 255 registers); loops whose bounds depend
+# on n_keep only, with a masked tail, as flattening needs (1.622 / 27.35); an odd block run alone before the pairs
+# (1.803 / 29.30); phi(q) from the q tile already in registers instead of a reload (1.554 / 26.68, full op 1.748 vs
+# 1.738: no change); reciprocal-multiplies for the epilogue's divisions (the compiler already emits them: same
+# bits). The kernel's time against kept blocks fits 0.21 ms fixed + 27.4 us per kept block of every q-block at
+# 1.3B (top-k 0.05 / 0.1 / 0.2: 0.895 / 1.603 / 3.001 ms): load, pipeline fill and epilogue are ~13% at top-k 0.1.
 PAIR_KV_BLOCKS = HOPPER_ATTENTION["blocks_per_step"] > 1
 # Set when an auto-picked Hopper variant failed to compile with the installed Triton (warned once).
 _PLAIN_VARIANT_ONLY = False
