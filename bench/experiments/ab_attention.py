@@ -38,7 +38,10 @@ def main():
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--shape", default="1,32760,12,128")
     args = ap.parse_args()
-    mods = {Path(p).stem: load(p) for p in args.files}
+    stems = [Path(p).stem for p in args.files]
+    if len(set(stems)) != len(stems):
+        ap.error(f"kernel files need distinct names (they label the rows): {stems}")
+    mods = {stem: load(p) for stem, p in zip(stems, args.files)}
     if len(mods) == 1:
         mods = {"old": next(iter(mods.values())), "new": sla}
     B, L, H, D = map(int, args.shape.split(","))

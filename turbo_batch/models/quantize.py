@@ -15,7 +15,7 @@ frames (bench/bench_forward.py) the default measured 2.52% against bf16 (every L
 forward time with SLA (178.5 vs 175.8 ms; 14B 720p: 3218 vs 3095 ms, +3.9 GiB of weights); `keep=()` is
 TurboDiffusion's choice, every block Linear. Centering the o projections' inputs instead (quantizing x - mean_L(x)
 and adding mean_L(x) W^T back as a bias) recovers little: every Linear in fp8 with both o projections centered
-4.41%, with cross k,v kept 3.53% (same CPU setup), so the default keeps them in bf16.
+4.41%, with cross k,v kept 3.54% (same CPU setup, `bench/fp8_sensitivity.py`), so the default keeps them in bf16.
 Works for any module with a `blocks` ModuleList; nothing here knows the DiT's classes.
 
 Memory: layers are converted one at a time, so the peak is the model plus one layer's fp32 temporary (for the
