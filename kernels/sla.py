@@ -69,6 +69,12 @@ HOPPER_ATTENTION = dict(blocks_per_step=2, gather=False, num_warps=8, num_stages
 # 1.738: no change); reciprocal-multiplies for the epilogue's divisions (the compiler already emits them: same
 # bits). The kernel's time against kept blocks fits 0.21 ms fixed + 27.4 us per kept block of every q-block at
 # 1.3B (top-k 0.05 / 0.1 / 0.2: 0.895 / 1.603 / 3.001 ms): load, pipeline fill and epilogue are ~13% at top-k 0.1.
+# Session 6 (H200, bench/experiments/attention_launch_sweep.py, medians of 5 interleaved rounds, kernel ms at 1.3B):
+# this launch 1.546; 64-row programs of one warpgroup (`rows_per_program=64`, two share a 128-token q-block's kept
+# list; 252 registers and 80 KB, so two fit an SM and could hide each other's start-up and epilogue) 1.771 at 2
+# stages, 1.748 at 3; 64 rows with pairs 2.244 (144 KB: one per SM); 128 rows, one block per step 1.840. Dropped:
+# one warpgroup per program halves the K/V reuse and the pairing is what pays. Packed bf16x2 exponentials
+# (ex2.approx.ftz.bf16x2) compile to two MUFU.EX2.BF16 per pair on sm_90 (no throughput gain, checked in SASS).
 PAIR_KV_BLOCKS = HOPPER_ATTENTION["blocks_per_step"] > 1
 # Set when an auto-picked Hopper variant failed to compile with the installed Triton (warned once).
 _PLAIN_VARIANT_ONLY = False
@@ -440,6 +446,7 @@ if triton is not None:
         stride_ksum, L, H, n_keep, qk_scale, eps_over_len,
         D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         USE_TMA: tl.constexpr, GROUP: tl.constexpr, GATHER: tl.constexpr, WITH_LINEAR: tl.constexpr,
+        Q_SPLIT: tl.constexpr = 1,
     ):
         """One q-block of one (b, h): block-sparse flash attention over its kept k-blocks, then the linear branch.
 
@@ -453,7 +460,7 @@ if triton is not None:
         """
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
-        n_qblocks = tl.num_programs(0)
+        n_qblocks = tl.cdiv(tl.num_programs(0), Q_SPLIT)  # routing blocks; Q_SPLIT programs share one
         b = pid_bh // H
         h = pid_bh % H
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -471,7 +478,7 @@ if triton is not None:
         else:
             k_tile = K + b.to(tl.int64) * stride_kb + h * stride_kh + offs_n[:, None] * stride_kl + offs_d[None, :]
             v_tile = V + b.to(tl.int64) * stride_vb + h * stride_vh + offs_n[:, None] * stride_vl + offs_d[None, :]
-        kept = KEPT + (pid_bh.to(tl.int64) * n_qblocks + pid_m) * n_keep
+        kept = KEPT + (pid_bh.to(tl.int64) * n_qblocks + pid_m // Q_SPLIT) * n_keep
 
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -629,14 +636,15 @@ def sla_select_blocks(scores: torch.Tensor, n_keep: int, rows: int | None = None
 def sla_sparse_attention(q, k, v, kept, kvw=None, k_sum_mean=None, bias=None, block_q: int = 128,
                          block_k: int = 64, use_tma: bool | None = None, pairs: bool | None = None,
                          blocks_per_step: int | None = None, gather: bool | None = None,
-                         launch: dict | None = None) -> torch.Tensor:
+                         launch: dict | None = None, rows_per_program: int | None = None) -> torch.Tensor:
     """The fused kernel alone: the sparse branch over `kept`, plus the linear epilogue when kvw is given.
 
     kvw (B, H, D, D) in q's dtype = diag(1 / sum phi(k)) (phi(k)^T v) @ W^T; k_sum_mean (B, H, D) float32 =
     sum phi(k) / L; bias (D,) float32. `use_tma` / `pairs` None pick the default variant for the device (TMA
     loads and `HOPPER_ATTENTION` on Hopper+, see the module constants); benchmarks and tests may force either.
     `blocks_per_step` (1 or 2; overrides `pairs`), `gather` (pointer-load pairs as one tile; None: the
-    Hopper default) and `launch` (num_warps / num_stages) are for sweeps.
+    Hopper default), `launch` (num_warps / num_stages) and `rows_per_program` (a divisor of block_q: that many
+    programs share each q-block's kept list; default one per q-block) are for sweeps.
     """
     global _PLAIN_VARIANT_ONLY
     B, L, H, D = q.shape
@@ -668,7 +676,10 @@ def sla_sparse_attention(q, k, v, kept, kvw=None, k_sum_mean=None, bias=None, bl
         k_sum_mean = k_sum_mean.contiguous()
     if not with_linear:  # the epilogue's pointers are never read; any tensor fills the slots
         kvw = k_sum_mean = bias = out
-    args = (q, k, v, kept, kvw, k_sum_mean, bias, out, block_q, block_k, with_linear)
+    rows = rows_per_program or block_q
+    if block_q % rows or rows < 16:
+        raise ValueError(f"rows_per_program ({rows}) must divide block_q ({block_q}) and be at least 16")
+    args = (q, k, v, kept, kvw, k_sum_mean, bias, out, block_q, block_k, with_linear, rows)
     try:
         _launch_attention(*args, use_tma=use_tma, group=blocks_per_step, gather=gather, config=config)
     except Exception as exc:  # noqa: BLE001 - only the auto-picked Hopper variants fall back, and loudly
@@ -682,10 +693,10 @@ def sla_sparse_attention(q, k, v, kept, kvw=None, k_sum_mean=None, bias=None, bl
     return out
 
 
-def _launch_attention(q, k, v, kept, kvw, k_sum_mean, bias, out, block_q, block_k, with_linear, use_tma, group,
-                      gather, config):
+def _launch_attention(q, k, v, kept, kvw, k_sum_mean, bias, out, block_q, block_k, with_linear, rows, use_tma,
+                      group, gather, config):
     B, L, H, D = q.shape
-    _sla_attention_kernel[(-(-L // block_q), B * H)](
+    _sla_attention_kernel[(-(-L // rows), B * H)](
         q, _kv_descriptor(k, block_k) if use_tma else k, _kv_descriptor(v, block_k) if use_tma else v, out, kept,
         kvw, k_sum_mean, bias,
         q.stride(0), q.stride(1), q.stride(2),
@@ -693,8 +704,8 @@ def _launch_attention(q, k, v, kept, kvw, k_sum_mean, bias, out, block_q, block_
         v.stride(0), v.stride(1), v.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
         k_sum_mean.stride(1), L, H, kept.shape[-1], LOG2E / math.sqrt(D), LINEAR_EPS / L,
-        D=D, BLOCK_M=block_q, BLOCK_N=block_k, USE_TMA=use_tma, GROUP=group, GATHER=gather,
-        WITH_LINEAR=with_linear,
+        D=D, BLOCK_M=rows, BLOCK_N=block_k, USE_TMA=use_tma, GROUP=group, GATHER=gather,
+        WITH_LINEAR=with_linear, Q_SPLIT=block_q // rows,
         **config,
     )
 

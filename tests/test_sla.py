@@ -198,6 +198,10 @@ INTERPRETER_SCRIPT = textwrap.dedent(
                                    ref7) for g in (1, 2)}
     res["group_errs"]["2 gathered"] = maxerr(sla.sla_sparse_attention(q, k, v, kept7, kvw7, k_sum7, bias7,
                                                                       blocks_per_step=2, gather=True), ref7)
+    # 64- and 32-row programs (two or four per 128-token q-block, sharing its kept list), 700 tokens: ragged last
+    res["rows_errs"] = {f"{r} rows x {g}": maxerr(sla.sla_sparse_attention(q, k, v, kept7, kvw7, k_sum7, bias7,
+                                                                         rows_per_program=r, blocks_per_step=g), ref7)
+                        for r in (64, 32) for g in (1, 2)}
 
     # statistics tiles of one k-block, one q-block and two q-blocks give the same result
     res["tile_errs"] = {}
@@ -265,6 +269,10 @@ def test_every_kernel_variant_tma_or_pointer_loads_single_paired_or_gathered_blo
 
 def test_one_or_two_kept_blocks_per_softmax_step_plain_or_gathered_match_the_reference_with_ragged_tails(interpreted):
     assert all(err <= 1e-4 for err in interpreted["group_errs"].values()), interpreted["group_errs"]
+
+
+def test_programs_of_64_or_32_rows_sharing_a_q_blocks_kept_list_match_the_reference(interpreted):
+    assert all(err <= 1e-4 for err in interpreted["rows_errs"].values()), interpreted["rows_errs"]
 
 
 def test_statistics_pass_tile_size_changes_only_the_summation_order(interpreted):

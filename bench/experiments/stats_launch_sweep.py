@@ -1,6 +1,6 @@
 """Launch sweep of the SLA statistics pass (sla_prologue) at the 1.3B 480p (or 14B 720p) shape: time, registers, agreement.
 
-    python bench/experiments/stats_launch_sweep.py [--14b]
+    python bench/experiments/stats_launch_sweep.py [--14b] [--configs "16,132,64,3;16,132,128,2"]
 
 Each row sets kernels.sla.STATS_LAUNCH, then times sla_prologue (statistics + finalize, triton do_bench median)
 and compares its kvw with the default launch's (another chunking only changes the fp32 summation order).
@@ -29,9 +29,12 @@ def main():
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(*shape, generator=g, device="cuda").bfloat16() for _ in range(3))
     w = torch.randn(128, 128, generator=g, device="cuda") / 11.3
+    configs = CONFIGS
+    if "--configs" in sys.argv:  # warps,programs,tile,stages;...
+        configs = [tuple(map(int, c.split(","))) for c in sys.argv[sys.argv.index("--configs") + 1].split(";")]
     default = dict(sla.STATS_LAUNCH)
     ref = sla.sla_prologue(q, k, v, w)[2].float()
-    for warps, target, tile, stages in CONFIGS:
+    for warps, target, tile, stages in configs:
         sla.STATS_LAUNCH.update(num_warps=warps, target_programs=target, tile=tile, num_stages=stages)
         try:
             with recording_launches() as compiled:
