@@ -50,6 +50,8 @@ SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 # 16 warps x 132 programs x 3 stages 0.155 / 1.098; 4 stages 0.155 / 1.105; 264 programs 0.170 / 1.141; 66
 # programs 0.320; 8 warps x 264 x 2 stages (the session-3 default: 241 registers, one program per SM) 0.209 / 1.430;
 # 8 warps, tile 32, 4 stages 0.164-0.180; tile 128 at 3 stages does not fit shared memory.
+# Session 6: 16 warps x 132 at 2 stages 0.195 (2 spills); tile 128 at 2 stages 0.195 (40 spills), at 1 stage 0.221;
+# 8 warps, tile 128, 2 stages 0.198 (16 spills): the default stays.
 STATS_LAUNCH = dict(target_programs=132, num_warps=16, num_stages=3, tile=64)
 # Kernel variants, fixed per dtype/device (bench/bench_attention.py times all of them):
 # TMA loads of K/V tiles (host tensor descriptors) measured slower than pointer loads on an H200 at both Wan
