@@ -32,6 +32,25 @@ def load(path):
     return mod
 
 
+def time_interleaved(fns: dict, q, k, v, rounds: int):
+    """Per-round medians (triton do_bench) of every fn in turn, dense SDPA (the faster backend) every other round;
+    prints the rounds, then each fn's median and, for full ops, its speedup over dense in this same run."""
+    times = {n: [] for n in fns}
+    dense = []
+    for r in range(rounds):
+        for n, fn in fns.items():
+            times[n].append(do_bench(fn, warmup=10, rep=60, return_mode="median"))
+        if r % 2 == 0:
+            dense.append(min(ms for ms, _ in dense_rows(q, k, v).values() if ms is not None))
+        print(f"round {r}: " + "  ".join(f"{n} {t[-1]:.3f}" for n, t in times.items()), flush=True)
+    sdpa = statistics.median(dense)
+    print(f"dense SDPA (faster backend) median {sdpa:.3f} ms over {len(dense)} runs")
+    width = max(len(n) for n in times)
+    for n, t in times.items():
+        med = statistics.median(t)
+        print(f"median {n:{width}s} {med:8.3f} ms" + (f"  {sdpa / med:5.2f}x dense" if "full op" in n else ""))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("files", nargs="+")
@@ -61,20 +80,7 @@ def main():
         kernel._init_handles()
         print(f"{name:12s} regs {kernel.n_regs} spills {kernel.n_spills} smem {kernel.metadata.shared / 1024:.0f} KB; "
               f"bitwise equal to {first}: {torch.equal(out, ref)}, max diff {(out.float() - ref.float()).abs().max():.2e}")
-    times = {n: [] for n in fns}
-    dense = []
-    for r in range(args.rounds):
-        for n, fn in fns.items():
-            times[n].append(do_bench(fn, warmup=10, rep=60, return_mode="median"))
-        if r % 2 == 0:
-            dense.append(min(ms for ms, _ in dense_rows(q, k, v).values() if ms is not None))
-        print(f"round {r}: " + "  ".join(f"{n} {t[-1]:.3f}" for n, t in times.items()), flush=True)
-    sdpa = statistics.median(dense)
-    print(f"dense SDPA (faster backend) median {sdpa:.3f} ms over {len(dense)} runs")
-    for n, t in times.items():
-        med = statistics.median(t)
-        print(f"median {n:22s} {med:8.3f} ms" + (f"  {sdpa / med:5.2f}x dense" if "full op" in n else ""))
-
+    time_interleaved(fns, q, k, v, args.rounds)
 
 if __name__ == "__main__":
     main()

@@ -10,7 +10,6 @@ a second run repeats the bits, and per-round medians (triton do_bench) of the ke
 (plan + kernel) with dense SDPA (the faster backend) measured in the same run.
 """
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -18,9 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
-from bench_attention import dense_rows, make_inputs
+from ab_attention import time_interleaved
+from bench_attention import make_inputs
 from kernel_resources import recording_launches
-from triton.testing import do_bench
 
 from kernels import sla
 
@@ -75,21 +74,11 @@ def main():
               f"-> {per_sm} per SM; rel err {err}; repeats bits {same}", flush=True)
         live[name] = cfg
     del ref
-    times = {f"{n} {what}": [] for n in live for what in ("kernel", "full op")}
-    dense = []
-    for r in range(args.rounds):
-        for n, cfg in live.items():
-            times[f"{n} kernel"].append(do_bench(lambda: kernel(cfg), warmup=10, rep=60, return_mode="median"))
-            times[f"{n} full op"].append(do_bench(lambda: full_op(cfg), warmup=10, rep=60, return_mode="median"))
-        if r % 2 == 0:
-            dense.append(min(ms for ms, _ in dense_rows(q, k, v).values() if ms is not None))
-        print(f"round {r}: " + "  ".join(f"{n} {t[-1]:.3f}" for n, t in times.items()), flush=True)
-    sdpa = statistics.median(dense)
-    print(f"dense SDPA (faster backend) median {sdpa:.3f} ms over {len(dense)} runs")
-    for n, t in times.items():
-        med = statistics.median(t)
-        print(f"median {n:28s} {med:8.3f} ms" + (f"  {sdpa / med:5.2f}x dense" if "full op" in n else ""))
-
+    fns = {}
+    for n, cfg in live.items():
+        fns[f"{n} kernel"] = lambda cfg=cfg: kernel(cfg)
+        fns[f"{n} full op"] = lambda cfg=cfg: full_op(cfg)
+    time_interleaved(fns, q, k, v, args.rounds)
 
 if __name__ == "__main__":
     main()
