@@ -82,5 +82,6 @@ def main():
               f"bitwise equal to {first}: {torch.equal(out, ref)}, max diff {(out.float() - ref.float()).abs().max():.2e}")
     time_interleaved(fns, q, k, v, args.rounds)
 
+
 if __name__ == "__main__":
     main()

@@ -44,16 +44,13 @@ def main():
     kept, kvw, ks, b32 = sla.sla_triton_plan(q, k, v, w, b, args.topk)
     ref = sla.sla_reference(q.float(), k.float(), v.float(), w, b, args.topk) if L * H <= 400_000 else None
 
-    def kernel(cfg):
-        rows, bps, warps, stages = cfg
-        return sla.sla_sparse_attention(q, k, v, kept, kvw, ks, b32, rows_per_program=rows, blocks_per_step=bps,
-                                        launch=dict(num_warps=warps, num_stages=stages))
-
-    def full_op(cfg):
-        plan = sla.sla_triton_plan(q, k, v, w, b, args.topk)
+    def kernel(cfg, plan=(kept, kvw, ks, b32)):
         rows, bps, warps, stages = cfg
         return sla.sla_sparse_attention(q, k, v, *plan, rows_per_program=rows, blocks_per_step=bps,
                                         launch=dict(num_warps=warps, num_stages=stages))
+
+    def full_op(cfg):
+        return kernel(cfg, sla.sla_triton_plan(q, k, v, w, b, args.topk))
 
     live = {}
     for name, cfg in CONFIGS.items():
@@ -79,6 +76,7 @@ def main():
         fns[f"{n} kernel"] = lambda cfg=cfg: kernel(cfg)
         fns[f"{n} full op"] = lambda cfg=cfg: full_op(cfg)
     time_interleaved(fns, q, k, v, args.rounds)
+
 
 if __name__ == "__main__":
     main()
