@@ -15,6 +15,8 @@ All tensors are (B, L, H, D) after RoPE. Semantics (REFERENCE.md section 6):
 
 Public API: `sla_router`, `sla_reference` (plain PyTorch, any device) and `sla_triton` (the GPU path); the
 pieces of the Triton path (`sla_prologue`, `sla_triton_plan`, `sla_sparse_attention`) are public for the benchmark.
+An int8-QK^T path of the fused kernel (`sla_sparse_attention(qk_int8=...)`, SageAttention's quantization, checked
+against `sla_int8_reference`) is kept as a measured experiment: on Hopper it is barely faster and ~7x less exact.
 All are inference-only (no autograd) and deterministic: same inputs on the same GPU and software, same bits (fixed
 launch configs, no atomics, reductions in a fixed order, stable sorts).
 """
@@ -52,6 +54,12 @@ SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 # 8 warps, tile 32, 4 stages 0.164-0.180; tile 128 at 3 stages does not fit shared memory.
 # Session 6: 16 warps x 132 at 2 stages 0.195 (2 spills); tile 128 at 2 stages 0.195 (40 spills), at 1 stage 0.221;
 # 8 warps, tile 128, 2 stages 0.198 (16 spills): the default stays.
+# Session 7 (ablations, H200, stats alone 0.141 ms at 1.3B; a read-only pass at this launch 0.081): without the
+# pooling MMAs 0.099, without phi's softmax 0.109, without the phi(k)^T v MMA 0.123. Landed: that MMA as v^T phi
+# (phi a B operand, as in the phi-sum MMA): 0.154 -> 0.145 ms with finalize at 1.3B, 1.091 -> 1.014 at 14B, same
+# bits. Dropped: token sums as cross-warp reductions instead of selector MMAs 0.41 ms; phi / k sums accumulated
+# elementwise (no selector MMA) 0.148-0.169 (spills at 16 warps' 128 registers); the pooling MMAs as trans(x) @
+# sel^T (M = D) 0.1447 vs 0.1462 / 1.007 vs 1.021, same bits, 164 KB shared: too small to take.
 STATS_LAUNCH = dict(target_programs=132, num_warps=16, num_stages=3, tile=64)
 # Kernel variants, fixed per dtype/device (bench/bench_attention.py times all of them):
 # TMA loads of K/V tiles (host tensor descriptors) measured slower than pointer loads on an H200 at both Wan
@@ -77,6 +85,9 @@ HOPPER_ATTENTION = dict(blocks_per_step=2, gather=False, num_warps=8, num_stages
 # stages, 1.748 at 3; 64 rows with pairs 2.244 (144 KB: one per SM); 128 rows, one block per step 1.840. Dropped:
 # one warpgroup per program halves the K/V reuse and the pairing is what pays. Packed bf16x2 exponentials
 # (ex2.approx.ftz.bf16x2) compile to two MUFU.EX2.BF16 per pair on sm_90 (no throughput gain, checked in SASS).
+# Session 7: QK^T in int8 (`qk_int8=`, bench/experiments/int8_qk_attention.py) 1.548 vs 1.560 ms at 1.3B, 24.97
+# vs 26.35 at 14B, at 1.3e-2 relative error instead of 1.9e-3; programmatic dependent launch of the plan's
+# kernels (griddepcontrol.wait after the q load) 1.748 vs 1.576 ms: both dropped as defaults.
 PAIR_KV_BLOCKS = HOPPER_ATTENTION["blocks_per_step"] > 1
 # Set when an auto-picked Hopper variant failed to compile with the installed Triton (warned once).
 _PLAIN_VARIANT_ONLY = False
@@ -137,6 +148,44 @@ def sla_router(q: torch.Tensor, k: torch.Tensor, topk: float, block_q: int = 128
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# INT8 QK^T quantization (the `sla_int8` backend, SageAttention's scheme), shared by the reference and Triton
+# ----------------------------------------------------------------------------------------------------------------
+
+# Symmetric int8: x8 = round_half_even(x * 127 / amax), x ~= x8 * amax / 127; amax is floored so that an all-zero
+# row or block gets a tiny positive scale (its int8 values are 0 and its logits finite).
+INT8_AMAX_FLOOR = 1e-12
+
+
+def quantize_qk_int8_reference(q: torch.Tensor, k: torch.Tensor, block_k: int = 64):
+    """q per token and the smoothed key k - mean_L(k) per block_k-token block, as symmetric int8.
+
+    Returns (q8 (B, L, H, D) int8, q_scale (B, H, L) f32, k8 (B, L, H, D) int8, k_scale (B, H, n_kblocks) f32).
+    Smoothing moves every logit of a query by the same amount, so the softmax is unchanged, while the int8 range
+    covers what varies between keys instead of their shared offset (SageAttention's finding: keys carry a large
+    channel-wise bias). Per-token q scales cost nothing in the kernel (they fold into the per-row softmax scale).
+    """
+    B, L, H, D = q.shape
+    nk = -(-L // block_k)
+    qf = q.float()
+    q_amax = qf.abs().amax(-1).clamp_min(INT8_AMAX_FLOOR)  # (B, L, H)
+    q8 = torch.round(qf * (127.0 / q_amax)[..., None]).to(torch.int8)
+    ks = k.float() - k.sum(1, dtype=torch.float32)[:, None] / L
+    blocks = F.pad(ks, (0, 0, 0, 0, 0, nk * block_k - L)).view(B, nk, block_k, H, D)
+    k_amax = blocks.abs().amax(dim=(2, 4)).clamp_min(INT8_AMAX_FLOOR)  # (B, nk, H)
+    k8 = torch.round(blocks * (127.0 / k_amax)[:, :, None, :, None]).to(torch.int8).view(B, nk * block_k, H, D)[:, :L]
+    return (q8, (q_amax / 127.0).transpose(1, 2).contiguous(), k8.contiguous(),
+            (k_amax / 127.0).transpose(1, 2).contiguous())
+
+
+def dequantize_qk_int8(q8, q_scale, k8, k_scale, block_k: int = 64):
+    """float32 (q, smoothed k) as the int8 kernel sees them: x8 * scale."""
+    L = q8.shape[1]
+    q = q8.float() * q_scale.transpose(1, 2)[..., None]
+    k_scale_per_token = k_scale.repeat_interleave(block_k, dim=2)[:, :, :L].transpose(1, 2)
+    return q, k8.float() * k_scale_per_token[..., None]
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Reference (plain PyTorch, float32)
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -181,6 +230,20 @@ def sla_reference(q, k, v, proj_weight, proj_bias, topk: float, block_q: int = 1
     The sparse branch gathers each q-block's kept k-blocks in chunks of at most ~2^26 scores; matmuls follow
     torch's float32 settings (full float32 unless TF32 was enabled globally).
     """
+    return _reference(q, k, v, proj_weight, proj_bias, topk, block_q, block_k)
+
+
+@torch.no_grad()
+def sla_int8_reference(q, k, v, proj_weight, proj_bias, topk: float, block_q: int = 128, block_k: int = 64):
+    """`sla_reference` with the sparse branch's logits from int8 q and smoothed k, quantized as the `sla_int8`
+    kernel quantizes them (`quantize_qk_int8_reference`); routing, P @ V and the linear branch are unchanged."""
+    _check_inputs(q, k, v, block_q, block_k)
+    scores_qk = dequantize_qk_int8(*quantize_qk_int8_reference(q, k, block_k), block_k)
+    return _reference(q, k, v, proj_weight, proj_bias, topk, block_q, block_k, scores_qk)
+
+
+def _reference(q, k, v, proj_weight, proj_bias, topk, block_q, block_k, scores_qk=None):
+    """The reference loop over (b, h); scores_qk: the (q, k) the sparse branch's logits use (default q, k)."""
     _check_inputs(q, k, v, block_q, block_k)
     B, L, H, D = q.shape
     kept = sla_router(q, k, topk, block_q, block_k).long()
@@ -189,7 +252,8 @@ def sla_reference(q, k, v, proj_weight, proj_bias, topk: float, block_q: int = 1
     for b in range(B):
         for h in range(H):
             qh, kh, vh = (x[b, :, h].float() for x in (q, k, v))
-            o = _sparse_branch_one_head(qh, kh, vh, kept[b, h], block_q, block_k)
+            sq, sk = (qh, kh) if scores_qk is None else (x[b, :, h] for x in scores_qk)
+            o = _sparse_branch_one_head(sq, sk, vh, kept[b, h], block_q, block_k)
             o += _linear_branch_one_head(qh, kh, vh, weight, bias)
             out[b, :, h] = o.to(q.dtype)
     return out
@@ -205,6 +269,8 @@ if triton is not None:
     FP32_DOT_PRECISION = tl.constexpr("tf32")
     _SIGN_BIT_U32 = tl.constexpr(0x80000000)
     _ALL_BITS_U32 = tl.constexpr(0xFFFFFFFF)
+    _MAGIC_I32 = tl.constexpr(0x4B400000)  # the float 1.5 * 2^23 = 12582912.0 as int32 bits (`_int8_logits`)
+    _MAGIC_F32 = tl.constexpr(12582912.0)
 
     @triton.jit
     def _sla_stats_kernel(
@@ -278,10 +344,11 @@ if triton is not None:
             kf = k.to(tl.float32)
             e = tl.math.exp2((kf - tl.max(kf, axis=1)[:, None]) * 1.4426950408889634)
             phi = tl.where(real[:, None], e * (1.0 / tl.sum(e, axis=1))[:, None], 0.0).to(v.dtype)
-            kv = tl.dot(tl.trans(phi), v, kv, input_precision=FP32_DOT_PRECISION)
+            # (phi(k)^T v)^T = v^T phi: phi is then a B operand, as in the phi-sum MMA below, not a transposed A
+            kv = tl.dot(tl.trans(v), phi, kv, input_precision=FP32_DOT_PRECISION)
             phi_k_sums = tl.dot(sel_k, phi, phi_k_sums, input_precision=FP32_DOT_PRECISION)
         stats = STATS + (pid_bh.to(tl.int64) * n_chunks + chunk) * (D * D + 2 * D)
-        tl.store(stats + offs_d[:, None] * D + offs_d[None, :], kv * inv_len)
+        tl.store(stats + offs_d[None, :] * D + offs_d[:, None], kv * inv_len)  # kv holds the transpose
         tl.store(stats + D * D + offs_d, tl.sum(phi_k_sums, axis=0) * inv_len)
         tl.store(stats + D * D + D + offs_d, tl.sum(k_sums, axis=0) * inv_len)
 
@@ -372,21 +439,43 @@ if triton is not None:
         return x
 
     @triton.jit
+    def _int8_logits(q, k, row_scale, k_scales, start_n, BLOCK_N: tl.constexpr):
+        """int8 QK^T of one k-block as (x, c, off): base-2 logits = x * c - off, c and off per row.
+
+        The int32 MMA accumulates onto 0x4B400000, the bits of 1.5 * 2^23, so for |q . k| < 2^22 (always: at most
+        D * 127^2 = 2,064,512 for D = 128) the sums read back as the floats 1.5 * 2^23 + q . k, exactly, with no
+        int-to-float conversion instruction (a quarter-rate one on Hopper, as slow as the exponential). The magic
+        offset folds into the per-row bias, so the softmax costs the bf16 path's FFMA per element.
+        """
+        acc = tl.full([q.shape[0], BLOCK_N], _MAGIC_I32, dtype=tl.int32)
+        x = tl.dot(q, tl.trans(k), acc, out_dtype=tl.int32).to(tl.float32, bitcast=True)
+        c = row_scale * tl.load(k_scales + start_n // BLOCK_N)
+        return x, c, c * _MAGIC_F32
+
+    @triton.jit
     def _attend_one_block(
         acc, l_i, m_i, q, K, V, k_tile, v_tile, start_n, kv_row0, kv_col0, offs_n, L, qk_scale,
-        stride_kl, stride_vl,
-        RAGGED: tl.constexpr, USE_TMA: tl.constexpr,
+        stride_kl, stride_vl, k_scales,
+        RAGGED: tl.constexpr, USE_TMA: tl.constexpr, QK_INT8: tl.constexpr = False,
     ):
         """One online-softmax step over the BLOCK_N keys at start_n (flash attention, base-2 exponent).
 
-        RAGGED masks keys past L (only the last k-block of a sequence can hold them).
+        RAGGED masks keys past L (only the last k-block of a sequence can hold them). QK_INT8: q, k are int8,
+        qk_scale is the per-row [BLOCK_M] scale and k_scales points at the per-k-block scales (`_int8_logits`).
         """
         k = _load_kv_tile(K, k_tile, kv_row0, kv_col0, start_n, stride_kl, offs_n, L, RAGGED, USE_TMA)
-        qk = tl.dot(q, tl.trans(k), input_precision=FP32_DOT_PRECISION)
-        if RAGGED:
-            qk = tl.where(((start_n + offs_n) < L)[None, :], qk, float("-inf"))
-        m_ij = tl.maximum(m_i, tl.max(qk, axis=1) * qk_scale)
-        p = tl.math.exp2(qk * qk_scale - m_ij[:, None])
+        if QK_INT8:
+            qk, c, off = _int8_logits(q, k, qk_scale, k_scales, start_n, BLOCK_N=offs_n.shape[0])
+            if RAGGED:
+                qk = tl.where(((start_n + offs_n) < L)[None, :], qk, float("-inf"))
+            m_ij = tl.maximum(m_i, tl.max(qk, axis=1) * c - off)
+            p = tl.math.exp2(qk * c[:, None] - (off + m_ij)[:, None])
+        else:
+            qk = tl.dot(q, tl.trans(k), input_precision=FP32_DOT_PRECISION)
+            if RAGGED:
+                qk = tl.where(((start_n + offs_n) < L)[None, :], qk, float("-inf"))
+            m_ij = tl.maximum(m_i, tl.max(qk, axis=1) * qk_scale)
+            p = tl.math.exp2(qk * qk_scale - m_ij[:, None])
         alpha = tl.math.exp2(m_i - m_ij)
         l_i = l_i * alpha + tl.sum(p, axis=1)
         acc = acc * alpha[:, None]
@@ -397,18 +486,25 @@ if triton is not None:
     @triton.jit
     def _attend_two_blocks(
         acc, l_i, m_i, q, K, V, k_tile, v_tile, start_a, start_b, kv_row0, kv_col0, offs_n, L, qk_scale,
-        stride_kl, stride_vl,
-        USE_TMA: tl.constexpr,
+        stride_kl, stride_vl, k_scales,
+        USE_TMA: tl.constexpr, QK_INT8: tl.constexpr = False,
     ):
         """One online-softmax step over two full k-blocks: one running-max update and one rescale of the
         accumulator per 2 * BLOCK_N keys, which halves that non-MMA work."""
         k_a = _load_kv_tile(K, k_tile, kv_row0, kv_col0, start_a, stride_kl, offs_n, L, False, USE_TMA)
         k_b = _load_kv_tile(K, k_tile, kv_row0, kv_col0, start_b, stride_kl, offs_n, L, False, USE_TMA)
-        qk_a = tl.dot(q, tl.trans(k_a), input_precision=FP32_DOT_PRECISION)
-        qk_b = tl.dot(q, tl.trans(k_b), input_precision=FP32_DOT_PRECISION)
-        m_ij = tl.maximum(m_i, tl.maximum(tl.max(qk_a, axis=1), tl.max(qk_b, axis=1)) * qk_scale)
-        p_a = tl.math.exp2(qk_a * qk_scale - m_ij[:, None])
-        p_b = tl.math.exp2(qk_b * qk_scale - m_ij[:, None])
+        if QK_INT8:
+            qk_a, c_a, off_a = _int8_logits(q, k_a, qk_scale, k_scales, start_a, BLOCK_N=offs_n.shape[0])
+            qk_b, c_b, off_b = _int8_logits(q, k_b, qk_scale, k_scales, start_b, BLOCK_N=offs_n.shape[0])
+            m_ij = tl.maximum(m_i, tl.maximum(tl.max(qk_a, axis=1) * c_a - off_a, tl.max(qk_b, axis=1) * c_b - off_b))
+            p_a = tl.math.exp2(qk_a * c_a[:, None] - (off_a + m_ij)[:, None])
+            p_b = tl.math.exp2(qk_b * c_b[:, None] - (off_b + m_ij)[:, None])
+        else:
+            qk_a = tl.dot(q, tl.trans(k_a), input_precision=FP32_DOT_PRECISION)
+            qk_b = tl.dot(q, tl.trans(k_b), input_precision=FP32_DOT_PRECISION)
+            m_ij = tl.maximum(m_i, tl.maximum(tl.max(qk_a, axis=1), tl.max(qk_b, axis=1)) * qk_scale)
+            p_a = tl.math.exp2(qk_a * qk_scale - m_ij[:, None])
+            p_b = tl.math.exp2(qk_b * qk_scale - m_ij[:, None])
         alpha = tl.math.exp2(m_i - m_ij)
         l_i = l_i * alpha + (tl.sum(p_a, axis=1) + tl.sum(p_b, axis=1))
         acc = acc * alpha[:, None]
@@ -440,15 +536,16 @@ if triton is not None:
 
     @triton.jit
     def _sla_attention_kernel(
-        Q, K, V, O, KEPT, KVW, KSUM, BIAS,
+        Q, K, V, O, KEPT, KVW, KSUM, BIAS, QF, QS, KS,
         stride_qb, stride_ql, stride_qh,
+        stride_qfb, stride_qfl, stride_qfh,
         stride_kb, stride_kl, stride_kh,
         stride_vb, stride_vl, stride_vh,
         stride_ob, stride_ol, stride_oh,
         stride_ksum, L, H, n_keep, qk_scale, eps_over_len,
         D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         USE_TMA: tl.constexpr, GROUP: tl.constexpr, GATHER: tl.constexpr, WITH_LINEAR: tl.constexpr,
-        Q_SPLIT: tl.constexpr = 1,
+        Q_SPLIT: tl.constexpr = 1, QK_INT8: tl.constexpr = False,
     ):
         """One q-block of one (b, h): block-sparse flash attention over its kept k-blocks, then the linear branch.
 
@@ -459,6 +556,8 @@ if triton is not None:
         o_l = [(phi(q) * s) / (phi(q) . s + eps / L)] @ KVW + bias, added straight onto the sparse output. Both
         factors stay O(1) (weights in [0, 1]; KVW rows are phi(k)-weighted means of v, projected), so they lose
         nothing when cast to fp16/bf16 for the MMA.
+        QK_INT8 (`sla_int8`): Q and K are int8 (q per token, smoothed k per k-block, scales in QS / KS) and QF is
+        the 16-bit q for the linear branch; P and V stay 16-bit.
         """
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
@@ -472,6 +571,12 @@ if triton is not None:
 
         q_ptrs = Q + b.to(tl.int64) * stride_qb + h * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :]
         q = tl.load(q_ptrs, mask=row_real, other=0.0)
+        if QK_INT8:  # per-row scales; padding rows get 1 so that masked keys stay -inf (never 0 * inf)
+            qk_scale = tl.load(QS + pid_bh.to(tl.int64) * L + offs_m, mask=offs_m < L, other=1.0) * qk_scale
+            qf_ptrs = QF + b.to(tl.int64) * stride_qfb + h * stride_qfh + offs_m[:, None] * stride_qfl + offs_d[None, :]
+        else:
+            qf_ptrs = q_ptrs
+        k_scales = KS + pid_bh.to(tl.int64) * tl.cdiv(L, BLOCK_N)
         kv_row0 = b * L  # TMA descriptors view K and V as (B*L, H*D)
         kv_col0 = h * D
         if USE_TMA:
@@ -506,21 +611,21 @@ if triton is not None:
                     start_b = tl.load(kept + 2 * j + 1) * BLOCK_N
                     acc, l_i, m_i = _attend_two_blocks(acc, l_i, m_i, q, K, V, k_tile, v_tile, start_a, start_b,
                                                        kv_row0, kv_col0, offs_n, L, qk_scale, stride_kl,
-                                                       stride_vl, USE_TMA=USE_TMA)
+                                                       stride_vl, k_scales, USE_TMA=USE_TMA, QK_INT8=QK_INT8)
             n_single_start = n_plain - n_plain % 2
         for j in range(n_single_start, n_plain):
             start_n = tl.load(kept + j) * BLOCK_N
             acc, l_i, m_i = _attend_one_block(acc, l_i, m_i, q, K, V, k_tile, v_tile, start_n, kv_row0, kv_col0,
-                                              offs_n, L, qk_scale, stride_kl, stride_vl,
-                                              RAGGED=False, USE_TMA=USE_TMA)
+                                              offs_n, L, qk_scale, stride_kl, stride_vl, k_scales,
+                                              RAGGED=False, USE_TMA=USE_TMA, QK_INT8=QK_INT8)
         if last_is_ragged:
             acc, l_i, m_i = _attend_one_block(acc, l_i, m_i, q, K, V, k_tile, v_tile, last_start, kv_row0, kv_col0,
-                                              offs_n, L, qk_scale, stride_kl, stride_vl,
-                                              RAGGED=True, USE_TMA=USE_TMA)
+                                              offs_n, L, qk_scale, stride_kl, stride_vl, k_scales,
+                                              RAGGED=True, USE_TMA=USE_TMA, QK_INT8=QK_INT8)
         acc = acc / l_i[:, None]
 
         if WITH_LINEAR:
-            qf = tl.load(q_ptrs, mask=row_real, other=0.0).to(tl.float32)
+            qf = tl.load(qf_ptrs, mask=row_real, other=0.0).to(tl.float32)
             e = tl.math.exp2((qf - tl.max(qf, axis=1)[:, None]) * 1.4426950408889634)  # phi(q) * sum(e)
             w = e * tl.load(KSUM + pid_bh.to(tl.int64) * stride_ksum + offs_d)[None, :]
             denom = tl.sum(w, axis=1) + eps_over_len * tl.sum(e, axis=1)
@@ -638,7 +743,8 @@ def sla_select_blocks(scores: torch.Tensor, n_keep: int, rows: int | None = None
 def sla_sparse_attention(q, k, v, kept, kvw=None, k_sum_mean=None, bias=None, block_q: int = 128,
                          block_k: int = 64, use_tma: bool | None = None, pairs: bool | None = None,
                          blocks_per_step: int | None = None, gather: bool | None = None,
-                         launch: dict | None = None, rows_per_program: int | None = None) -> torch.Tensor:
+                         launch: dict | None = None, rows_per_program: int | None = None,
+                         qk_int8: tuple | None = None) -> torch.Tensor:
     """The fused kernel alone: the sparse branch over `kept`, plus the linear epilogue when kvw is given.
 
     kvw (B, H, D, D) in q's dtype = diag(1 / sum phi(k)) (phi(k)^T v) @ W^T; k_sum_mean (B, H, D) float32 =
@@ -647,6 +753,8 @@ def sla_sparse_attention(q, k, v, kept, kvw=None, k_sum_mean=None, bias=None, bl
     `blocks_per_step` (1 or 2; overrides `pairs`), `gather` (pointer-load pairs as one tile; None: the
     Hopper default), `launch` (num_warps / num_stages) and `rows_per_program` (a divisor of block_q: that many
     programs share each q-block's kept list; default one per q-block) are for sweeps.
+    `qk_int8` = (q8, q_scale, k8, k_scale) from `quantize_qk_int8`: QK^T in int8 (pointer loads, no gathering);
+    q, k, v stay the 16-bit tensors (q feeds the linear branch, v the PV MMA).
     """
     global _PLAIN_VARIANT_ONLY
     B, L, H, D = q.shape
@@ -682,6 +790,11 @@ def sla_sparse_attention(q, k, v, kept, kvw=None, k_sum_mean=None, bias=None, bl
     if block_q % rows or rows < 16:
         raise ValueError(f"rows_per_program ({rows}) must divide block_q ({block_q}) and be at least 16")
     args = (q, k, v, kept, kvw, k_sum_mean, bias, out, block_q, block_k, with_linear, rows)
+    if qk_int8 is not None:
+        if D < 32:
+            raise ValueError(f"int8 QK^T needs a head dim of at least 32 (the int8 MMA's K step), got {D}")
+        _launch_attention(*args, use_tma=False, group=blocks_per_step, gather=False, config=config, qk_int8=qk_int8)
+        return out
     try:
         _launch_attention(*args, use_tma=use_tma, group=blocks_per_step, gather=gather, config=config)
     except Exception as exc:  # noqa: BLE001 - only the auto-picked Hopper variants fall back, and loudly
@@ -696,18 +809,22 @@ def sla_sparse_attention(q, k, v, kept, kvw=None, k_sum_mean=None, bias=None, bl
 
 
 def _launch_attention(q, k, v, kept, kvw, k_sum_mean, bias, out, block_q, block_k, with_linear, rows, use_tma,
-                      group, gather, config):
+                      group, gather, config, qk_int8=None):
     B, L, H, D = q.shape
+    qf, q_scale, k_scale = q, out, out  # unused unless qk_int8
+    if qk_int8 is not None:
+        q, q_scale, k, k_scale = qk_int8
     _sla_attention_kernel[(-(-L // rows), B * H)](
         q, _kv_descriptor(k, block_k) if use_tma else k, _kv_descriptor(v, block_k) if use_tma else v, out, kept,
-        kvw, k_sum_mean, bias,
+        kvw, k_sum_mean, bias, qf, q_scale, k_scale,
         q.stride(0), q.stride(1), q.stride(2),
+        qf.stride(0), qf.stride(1), qf.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
         k_sum_mean.stride(1), L, H, kept.shape[-1], LOG2E / math.sqrt(D), LINEAR_EPS / L,
         D=D, BLOCK_M=rows, BLOCK_N=block_k, USE_TMA=use_tma, GROUP=group, GATHER=gather,
-        WITH_LINEAR=with_linear, Q_SPLIT=block_q // rows,
+        WITH_LINEAR=with_linear, Q_SPLIT=block_q // rows, QK_INT8=qk_int8 is not None,
         **config,
     )
 

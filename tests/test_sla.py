@@ -203,6 +203,15 @@ INTERPRETER_SCRIPT = textwrap.dedent(
                                                                          rows_per_program=r, blocks_per_step=g), ref7)
                         for r in (64, 32) for g in (1, 2)}
 
+    # int8 QK^T (the experimental sla_int8 path) against the reference that quantizes exactly as it does
+    res["int8_errs"] = {}
+    for topk_, plan_ in ((0.5, (kept, kvw, k_sum, bias)), (0.7, (kept7, kvw7, k_sum7, bias7))):
+        ref8 = sla.sla_int8_reference(q, k, v, w, b, topk_)
+        qk8 = sla.quantize_qk_int8_reference(q, k)
+        for g in (1, 2):
+            out8 = sla.sla_sparse_attention(q, k, v, *plan_, blocks_per_step=g, qk_int8=qk8)
+            res["int8_errs"][f"topk {topk_} x {g}"] = rel(out8, ref8)
+
     # statistics tiles of one k-block, one q-block and two q-blocks give the same result
     res["tile_errs"] = {}
     for tile in (128, 256):
@@ -287,6 +296,39 @@ def test_triton_fp16_inputs_return_fp16_within_fp16_rounding(interpreted):
     assert interpreted["fp16_dtype"] == "torch.float16" and interpreted["fp16_rel"] <= 2e-3
 
 
+def test_int8_qk_kernel_path_matches_the_reference_that_quantizes_as_it_does(interpreted):
+    assert all(err <= 2e-4 for err in interpreted["int8_errs"].values()), interpreted["int8_errs"]
+
+
+def test_int8_quantization_rounds_to_within_half_a_step_of_q_and_the_smoothed_key():
+    q, k, _ = make_qkv(2, 333, 3, 32)
+    q8, q_scale, k8, k_scale = sla.quantize_qk_int8_reference(q, k)
+    assert q8.dtype == k8.dtype == torch.int8 and q8.shape == k8.shape == q.shape
+    assert q_scale.shape == (2, 3, 333) and k_scale.shape == (2, 3, 6)
+    assert int(q8.abs().max()) == int(k8.abs().max()) == 127  # every row / block uses its full range
+    dq, dk = sla.dequantize_qk_int8(q8, q_scale, k8, k_scale)
+    smoothed = k - k.mean(1, keepdim=True)
+    assert bool(((dq - q).abs() <= q_scale.transpose(1, 2)[..., None] / 2 + 1e-6).all())
+    per_token_k_scale = k_scale.repeat_interleave(64, dim=2)[:, :, :333].transpose(1, 2)[..., None]
+    assert bool(((dk - smoothed).abs() <= per_token_k_scale / 2 + 1e-6).all())
+
+
+def test_int8_quantization_gives_an_all_zero_row_finite_positive_scales():
+    q, k, _ = make_qkv(1, 128, 1, 32)
+    q[0, 5] = 0.0
+    q8, q_scale, _, k_scale = sla.quantize_qk_int8_reference(q, k)
+    assert bool((q8[0, 5] == 0).all()) and float(q_scale[0, 0, 5]) > 0 and bool((k_scale > 0).all())
+
+
+def test_int8_qk_costs_about_a_percent_of_relative_error_on_gaussian_inputs():
+    """Why sla_int8 is not a backend: its quantization alone moves the output ~1.3e-2 (bf16 kernels: ~2e-3)."""
+    q, k, v = make_qkv(1, 2048, 1, 128)
+    w, b = make_proj(128)
+    ref = sla.sla_reference(q, k, v, w, b, 0.1)
+    err = float((sla.sla_int8_reference(q, k, v, w, b, 0.1) - ref).norm() / ref.norm())
+    assert 3e-3 < err < 3e-2
+
+
 def test_triton_rejects_unsupported_head_dims_and_mixed_dtypes():
     pytest.importorskip("triton")
     q, k, v = make_qkv(1, 128, 1, 48)
@@ -321,6 +363,19 @@ def test_gpu_bf16_matches_the_fp32_reference_and_repeats_bitwise_at_wan_shapes(s
         assert relative_error(out, ref) <= 1e-2, (topk, relative_error(out, ref))
         assert torch.equal(out, sla.sla_triton(q, k, v, weight, bias, topk)), f"not bitwise repeatable at {topk}"
         del ref
+
+
+@pytest.mark.gpu
+@cuda
+def test_gpu_int8_qk_path_matches_its_quantizing_reference_and_repeats_bitwise_at_the_1_3b_shape():
+    q, k, v = make_qkv(*GPU_SHAPES["wan2.1-1.3b-480p"], seed=0, dtype=torch.bfloat16, device="cuda")
+    weight, bias = make_proj(q.shape[-1], device="cuda")
+    plan = sla.sla_triton_plan(q, k, v, weight, bias, 0.1)
+    qk8 = sla.quantize_qk_int8_reference(q, k)
+    out = sla.sla_sparse_attention(q, k, v, *plan, qk_int8=qk8)
+    ref8 = sla.sla_int8_reference(q.float(), k.float(), v.float(), weight, bias, 0.1)
+    assert bool(out.isfinite().all()) and relative_error(out, ref8) <= 5e-3, relative_error(out, ref8)
+    assert torch.equal(out, sla.sla_sparse_attention(q, k, v, *plan, qk_int8=qk8))
 
 
 @pytest.mark.gpu

@@ -2,6 +2,7 @@
 
     python bench/experiments/offline_sass.py attention   # the fused kernel, production launch
     python bench/experiments/offline_sass.py stats       # the statistics pass
+    python bench/experiments/offline_sass.py attention-int8   # the sla_int8 variant (int8 QK^T)
     python bench/experiments/offline_sass.py attention --consts '{"BLOCK_M": 64}' --opts '{"num_warps": 4}'
 
 Prints shared memory, registers, spill stack and the instruction mix of the whole kernel and of its hottest loop
@@ -29,6 +30,11 @@ KERNELS = {  # name: (kernel, constexprs, launch options, pointer dtypes other t
     "attention": (sla._sla_attention_kernel,
                   dict(D=128, BLOCK_M=128, BLOCK_N=64, USE_TMA=False, GROUP=2, GATHER=False, WITH_LINEAR=True),
                   dict(num_warps=8, num_stages=2), dict(KEPT="*i32", KSUM="*fp32", BIAS="*fp32")),
+    "attention-int8": (sla._sla_attention_kernel,
+                       dict(D=128, BLOCK_M=128, BLOCK_N=64, USE_TMA=False, GROUP=2, GATHER=False, WITH_LINEAR=True,
+                            QK_INT8=True),
+                       dict(num_warps=8, num_stages=2),
+                       dict(Q="*i8", K="*i8", KEPT="*i32", KSUM="*fp32", BIAS="*fp32", QS="*fp32", KS="*fp32")),
     "stats": (sla._sla_stats_kernel, dict(D=128, BLOCK_N=64, RATIO=2, TILE=64, POOL_PRECISION="tf32"),
               dict(num_warps=16, num_stages=3), dict(Q_POOL="*fp32", K_POOL="*fp32", STATS="*fp32")),
 }

@@ -130,11 +130,11 @@ def _attn_variant_kernel(
     for j in range(2 * n_pairs, n_plain):
         start_n = tl.load(kept + j) * BLOCK_N
         acc, l_i, m_i = sla._attend_one_block(acc, l_i, m_i, q, K, V, k_tile, v_tile, start_n, 0, 0,
-                                              offs_n, L, qk_scale, stride_kl, stride_vl,
+                                              offs_n, L, qk_scale, stride_kl, stride_vl, KSUM,
                                               RAGGED=False, USE_TMA=False)
     if last_is_ragged:
         acc, l_i, m_i = sla._attend_one_block(acc, l_i, m_i, q, K, V, k_tile, v_tile, last_start, 0, 0,
-                                              offs_n, L, qk_scale, stride_kl, stride_vl,
+                                              offs_n, L, qk_scale, stride_kl, stride_vl, KSUM,
                                               RAGGED=True, USE_TMA=False)
     acc = acc / l_i[:, None]
     qf = q.to(tl.float32)
