@@ -87,7 +87,9 @@ HOPPER_ATTENTION = dict(blocks_per_step=2, gather=False, num_warps=8, num_stages
 # (ex2.approx.ftz.bf16x2) compile to two MUFU.EX2.BF16 per pair on sm_90 (no throughput gain, checked in SASS).
 # Session 7: QK^T in int8 (`qk_int8=`, bench/experiments/int8_qk_attention.py) 1.548 vs 1.560 ms at 1.3B, 24.97
 # vs 26.35 at 14B, at 1.3e-2 relative error instead of 1.9e-3; programmatic dependent launch of the plan's
-# kernels (griddepcontrol.wait after the q load) 1.748 vs 1.576 ms: both dropped as defaults.
+# kernels (griddepcontrol.wait after the q load) 1.748 vs 1.576 ms: both dropped as defaults. Softmax row sums on
+# the tensor cores (l = P @ ones[BLOCK_N, 16], FA-style; the pair loop loses its 72 FADDs and half its
+# shuffles, 534 instead of 593 instructions, 248 registers) 1.764 ms: the extra MMAs' waits cost more.
 PAIR_KV_BLOCKS = HOPPER_ATTENTION["blocks_per_step"] > 1
 # Set when an auto-picked Hopper variant failed to compile with the installed Triton (warned once).
 _PLAIN_VARIANT_ONLY = False
