@@ -150,7 +150,7 @@ def sla_router(q: torch.Tensor, k: torch.Tensor, topk: float, block_q: int = 128
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# INT8 QK^T quantization (the `sla_int8` backend, SageAttention's scheme), shared by the reference and Triton
+# INT8 QK^T quantization (SageAttention's scheme; an experiment of the fused kernel, not a backend)
 # ----------------------------------------------------------------------------------------------------------------
 
 # Symmetric int8: x8 = round_half_even(x * 127 / amax), x ~= x8 * amax / 127; amax is floored so that an all-zero
@@ -237,8 +237,8 @@ def sla_reference(q, k, v, proj_weight, proj_bias, topk: float, block_q: int = 1
 
 @torch.no_grad()
 def sla_int8_reference(q, k, v, proj_weight, proj_bias, topk: float, block_q: int = 128, block_k: int = 64):
-    """`sla_reference` with the sparse branch's logits from int8 q and smoothed k, quantized as the `sla_int8`
-    kernel quantizes them (`quantize_qk_int8_reference`); routing, P @ V and the linear branch are unchanged."""
+    """`sla_reference` with the sparse branch's logits from int8 q and smoothed k, quantized as the int8
+    kernel path (`qk_int8=`) is fed them (`quantize_qk_int8_reference`); routing, P @ V and the linear branch are unchanged."""
     _check_inputs(q, k, v, block_q, block_k)
     scores_qk = dequantize_qk_int8(*quantize_qk_int8_reference(q, k, block_k), block_k)
     return _reference(q, k, v, proj_weight, proj_bias, topk, block_q, block_k, scores_qk)
@@ -558,7 +558,7 @@ if triton is not None:
         o_l = [(phi(q) * s) / (phi(q) . s + eps / L)] @ KVW + bias, added straight onto the sparse output. Both
         factors stay O(1) (weights in [0, 1]; KVW rows are phi(k)-weighted means of v, projected), so they lose
         nothing when cast to fp16/bf16 for the MMA.
-        QK_INT8 (`sla_int8`): Q and K are int8 (q per token, smoothed k per k-block, scales in QS / KS) and QF is
+        QK_INT8 (experimental): Q and K are int8 (q per token, smoothed k per k-block, scales in QS / KS) and QF is
         the 16-bit q for the linear branch; P and V stay 16-bit.
         """
         pid_m = tl.program_id(0)
@@ -755,7 +755,7 @@ def sla_sparse_attention(q, k, v, kept, kvw=None, k_sum_mean=None, bias=None, bl
     `blocks_per_step` (1 or 2; overrides `pairs`), `gather` (pointer-load pairs as one tile; None: the
     Hopper default), `launch` (num_warps / num_stages) and `rows_per_program` (a divisor of block_q: that many
     programs share each q-block's kept list; default one per q-block) are for sweeps.
-    `qk_int8` = (q8, q_scale, k8, k_scale) from `quantize_qk_int8`: QK^T in int8 (pointer loads, no gathering);
+    `qk_int8` = (q8, q_scale, k8, k_scale) from `quantize_qk_int8_reference`: QK^T in int8 (pointer loads, no gathering);
     q, k, v stay the 16-bit tensors (q feeds the linear branch, v the PV MMA).
     """
     global _PLAIN_VARIANT_ONLY

@@ -203,7 +203,7 @@ INTERPRETER_SCRIPT = textwrap.dedent(
                                                                          rows_per_program=r, blocks_per_step=g), ref7)
                         for r in (64, 32) for g in (1, 2)}
 
-    # int8 QK^T (the experimental sla_int8 path) against the reference that quantizes exactly as it does
+    # int8 QK^T (the experimental qk_int8= path) against the reference that quantizes exactly as it does
     res["int8_errs"] = {}
     for topk_, plan_ in ((0.5, (kept, kvw, k_sum, bias)), (0.7, (kept7, kvw7, k_sum7, bias7))):
         ref8 = sla.sla_int8_reference(q, k, v, w, b, topk_)
@@ -321,7 +321,7 @@ def test_int8_quantization_gives_an_all_zero_row_finite_positive_scales():
 
 
 def test_int8_qk_costs_about_a_percent_of_relative_error_on_gaussian_inputs():
-    """Why sla_int8 is not a backend: its quantization alone moves the output ~1.3e-2 (bf16 kernels: ~2e-3)."""
+    """Why int8 QK^T is not a backend: its quantization alone moves the output ~1.3e-2 (bf16 kernels: ~2e-3)."""
     q, k, v = make_qkv(1, 2048, 1, 128)
     w, b = make_proj(128)
     ref = sla.sla_reference(q, k, v, w, b, 0.1)
