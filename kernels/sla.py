@@ -90,6 +90,15 @@ HOPPER_ATTENTION = dict(blocks_per_step=2, gather=False, num_warps=8, num_stages
 # kernels (griddepcontrol.wait after the q load) 1.748 vs 1.576 ms: both dropped as defaults. Softmax row sums on
 # the tensor cores (l = P @ ones[BLOCK_N, 16], FA-style; the pair loop loses its 72 FADDs and half its
 # shuffles, 534 instead of 593 instructions, 248 registers) 1.764 ms: the extra MMAs' waits cost more.
+# The wave tail (`_tail_split`): programs per wave it plans for (132: one fused-kernel program per SM of an H100 /
+# H200 SXM; a constant, so the split and the bits never depend on the device), at most max_pieces per split unit,
+# at least min_blocks kept blocks per piece, merge_rows rows per merge program.
+# Session 8 (H200, bench/experiments/wave_tail_ab.py; --probe: 52 kept blocks, 12 heads): the kernel takes 1.543 ms
+# for 3036 programs (23 waves) and 1.615 for 3048 (23.09): a partial wave costs a whole one. With the split at 1.3B
+# (36 tail units -> 108 pieces of <= 18 blocks): whole units 1.470 ms + pieces 0.030 + merge 0.007 (profiler);
+# interleaved full op 1.698 vs 1.716 ms unsplit (7 rounds, 6 of them faster). At 14B (12 tail units in 179 waves)
+# it measured within noise either way.
+TAIL_SPLIT = dict(wave_slots=132, max_pieces=8, min_blocks=4, merge_rows=32)
 PAIR_KV_BLOCKS = HOPPER_ATTENTION["blocks_per_step"] > 1
 # Set when an auto-picked Hopper variant failed to compile with the installed Triton (warned once).
 _PLAIN_VARIANT_ONLY = False
@@ -544,10 +553,10 @@ if triton is not None:
         stride_kb, stride_kl, stride_kh,
         stride_vb, stride_vl, stride_vh,
         stride_ob, stride_ol, stride_oh,
-        stride_ksum, L, H, n_keep, qk_scale, eps_over_len,
+        stride_ksum, L, H, n_keep, qk_scale, eps_over_len, programs_per_head, unit0, chunk, PART_O, PART_LSE,
         D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         USE_TMA: tl.constexpr, GROUP: tl.constexpr, GATHER: tl.constexpr, WITH_LINEAR: tl.constexpr,
-        Q_SPLIT: tl.constexpr = 1, QK_INT8: tl.constexpr = False,
+        Q_SPLIT: tl.constexpr = 1, QK_INT8: tl.constexpr = False, PIECES: tl.constexpr = 1,
     ):
         """One q-block of one (b, h): block-sparse flash attention over its kept k-blocks, then the linear branch.
 
@@ -560,12 +569,16 @@ if triton is not None:
         nothing when cast to fp16/bf16 for the MMA.
         QK_INT8 (experimental): Q and K are int8 (q per token, smoothed k per k-block, scales in QS / KS) and QF is
         the 16-bit q for the linear branch; P and V stay 16-bit.
+        Grid (units, B): a unit is one program's rows of one head, numbered head-major from unit0. PIECES > 1 (the
+        wave tail, `_tail_split`): PIECES programs share a unit, each over `chunk` consecutive kept blocks, and
+        store their normalized partial output and log2-sum-exp in float32 for `_sla_tail_combine_kernel`.
         """
-        pid_m = tl.program_id(0)
-        pid_bh = tl.program_id(1)
-        n_qblocks = tl.cdiv(tl.num_programs(0), Q_SPLIT)  # routing blocks; Q_SPLIT programs share one
-        b = pid_bh // H
-        h = pid_bh % H
+        b = tl.program_id(1)
+        unit = unit0 + tl.program_id(0) // PIECES
+        h = unit // programs_per_head
+        pid_m = unit % programs_per_head
+        pid_bh = b * H + h
+        n_qblocks = tl.cdiv(programs_per_head, Q_SPLIT)  # routing blocks; Q_SPLIT programs share one
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, D)
@@ -592,29 +605,36 @@ if triton is not None:
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+        if PIECES == 1:
+            kv_lo = 0
+            kv_hi = n_keep
+        else:  # chunk is even, so pairs never straddle two pieces
+            kv_lo = (tl.program_id(0) % PIECES) * chunk
+            kv_hi = tl.minimum(kv_lo + chunk, n_keep)
         last_start = tl.load(kept + n_keep - 1) * BLOCK_N
-        last_is_ragged = last_start + BLOCK_N > L
-        n_plain = n_keep - last_is_ragged.to(tl.int32)
-        n_single_start = 0
+        last_is_ragged = (last_start + BLOCK_N > L) & (kv_hi == n_keep)
+        n_plain = kv_hi - last_is_ragged.to(tl.int32)
+        n_single_start = kv_lo
         if GROUP == 2:
+            pairs_end = kv_lo + (n_plain - kv_lo) // 2 * 2
             if GATHER:  # pointer loads only
                 offs_2n = tl.arange(0, 2 * BLOCK_N)
                 k_rows = K + b.to(tl.int64) * stride_kb + h * stride_kh + offs_d[None, :]
                 v_rows = V + b.to(tl.int64) * stride_vb + h * stride_vh + offs_d[None, :]
-                for j in range(n_single_start // 2, n_plain // 2):
+                for j in range(kv_lo // 2, pairs_end // 2):
                     start_a = tl.load(kept + 2 * j) * BLOCK_N
                     start_b = tl.load(kept + 2 * j + 1) * BLOCK_N
                     acc, l_i, m_i = _attend_two_blocks_as_one_tile(acc, l_i, m_i, q, k_rows, v_rows, start_a,
                                                                    start_b, offs_2n, qk_scale, stride_kl,
                                                                    stride_vl, BLOCK_N=BLOCK_N)
             else:
-                for j in range(n_single_start // 2, n_plain // 2):
+                for j in range(kv_lo // 2, pairs_end // 2):
                     start_a = tl.load(kept + 2 * j) * BLOCK_N
                     start_b = tl.load(kept + 2 * j + 1) * BLOCK_N
                     acc, l_i, m_i = _attend_two_blocks(acc, l_i, m_i, q, K, V, k_tile, v_tile, start_a, start_b,
                                                        kv_row0, kv_col0, offs_n, L, qk_scale, stride_kl,
                                                        stride_vl, k_scales, USE_TMA=USE_TMA, QK_INT8=QK_INT8)
-            n_single_start = n_plain - n_plain % 2
+            n_single_start = pairs_end
         for j in range(n_single_start, n_plain):
             start_n = tl.load(kept + j) * BLOCK_N
             acc, l_i, m_i = _attend_one_block(acc, l_i, m_i, q, K, V, k_tile, v_tile, start_n, kv_row0, kv_col0,
@@ -625,16 +645,65 @@ if triton is not None:
                                               offs_n, L, qk_scale, stride_kl, stride_vl, k_scales,
                                               RAGGED=True, USE_TMA=USE_TMA, QK_INT8=QK_INT8)
         acc = acc / l_i[:, None]
+        if PIECES > 1:  # every row of a piece saw at least one real key, so l_i >= 1
+            slot = (b * tl.num_programs(0) + tl.program_id(0)).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+            tl.store(PART_O + slot[:, None] * D + offs_d[None, :], acc)
+            tl.store(PART_LSE + slot, m_i + tl.math.log2(l_i))
+        else:
+            if WITH_LINEAR:
+                acc = _add_linear_branch(acc, qf_ptrs, row_real, KVW, KSUM, BIAS, pid_bh, stride_ksum, eps_over_len,
+                                         offs_d, D=D)
+            o_ptrs = O + b.to(tl.int64) * stride_ob + h * stride_oh + offs_m[:, None] * stride_ol + offs_d[None, :]
+            tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=row_real)
 
+    @triton.jit
+    def _add_linear_branch(acc, qf_ptrs, row_real, KVW, KSUM, BIAS, pid_bh, stride_ksum, eps_over_len, offs_d,
+                           D: tl.constexpr):
+        """acc + o_l, the linear branch of these rows (see `_sla_attention_kernel`), accumulated by the MMA."""
+        qf = tl.load(qf_ptrs, mask=row_real, other=0.0).to(tl.float32)
+        e = tl.math.exp2((qf - tl.max(qf, axis=1)[:, None]) * 1.4426950408889634)  # phi(q) * sum(e)
+        w = e * tl.load(KSUM + pid_bh.to(tl.int64) * stride_ksum + offs_d)[None, :]
+        denom = tl.sum(w, axis=1) + eps_over_len * tl.sum(e, axis=1)
+        kvw = tl.load(KVW + pid_bh.to(tl.int64) * D * D + offs_d[:, None] * D + offs_d[None, :])
+        acc = tl.dot((w / denom[:, None]).to(kvw.dtype), kvw, acc, input_precision=FP32_DOT_PRECISION)
+        return acc + tl.load(BIAS + offs_d).to(tl.float32)[None, :]
+
+    @triton.jit
+    def _sla_tail_combine_kernel(
+        Q, O, KVW, KSUM, BIAS, PART_O, PART_LSE,
+        stride_qb, stride_ql, stride_qh, stride_ob, stride_ol, stride_oh,
+        stride_ksum, L, H, eps_over_len, programs_per_head, unit0,
+        D: tl.constexpr, BLOCK_M: tl.constexpr, ROWS: tl.constexpr, PIECES: tl.constexpr,
+        WITH_LINEAR: tl.constexpr,
+    ):
+        """ROWS rows of one split unit of the wave tail: merge the unit's PIECES partial softmax outputs (weights
+        2^(lse_i - max), pieces in order), add the linear branch and store. Grid (tail units * BLOCK_M / ROWS, B):
+        several small programs per unit, so the merge's loads spread over many SMs."""
+        SUB: tl.constexpr = BLOCK_M // ROWS
+        b = tl.program_id(1)
+        local = tl.program_id(0) // SUB
+        unit = unit0 + local
+        h = unit // programs_per_head
+        pid_bh = b * H + h
+        rows = (tl.program_id(0) % SUB) * ROWS + tl.arange(0, ROWS)
+        offs_m = (unit % programs_per_head) * BLOCK_M + rows
+        offs_d = tl.arange(0, D)
+        row_real = (offs_m < L)[:, None]
+        slot0 = (b * (tl.num_programs(0) // SUB) + local).to(tl.int64) * PIECES * BLOCK_M + rows
+        lse_max = tl.full([ROWS], float("-inf"), dtype=tl.float32)
+        for i in tl.static_range(PIECES):
+            lse_max = tl.maximum(lse_max, tl.load(PART_LSE + slot0 + i * BLOCK_M))
+        acc = tl.zeros([ROWS, D], dtype=tl.float32)
+        w_sum = tl.zeros([ROWS], dtype=tl.float32)
+        for i in tl.static_range(PIECES):
+            w = tl.math.exp2(tl.load(PART_LSE + slot0 + i * BLOCK_M) - lse_max)
+            acc += w[:, None] * tl.load(PART_O + (slot0 + i * BLOCK_M)[:, None] * D + offs_d[None, :])
+            w_sum += w
+        acc = acc / w_sum[:, None]
         if WITH_LINEAR:
-            qf = tl.load(qf_ptrs, mask=row_real, other=0.0).to(tl.float32)
-            e = tl.math.exp2((qf - tl.max(qf, axis=1)[:, None]) * 1.4426950408889634)  # phi(q) * sum(e)
-            w = e * tl.load(KSUM + pid_bh.to(tl.int64) * stride_ksum + offs_d)[None, :]
-            denom = tl.sum(w, axis=1) + eps_over_len * tl.sum(e, axis=1)
-            kvw = tl.load(KVW + pid_bh.to(tl.int64) * D * D + offs_d[:, None] * D + offs_d[None, :])
-            acc = tl.dot((w / denom[:, None]).to(kvw.dtype), kvw, acc, input_precision=FP32_DOT_PRECISION)
-            acc += tl.load(BIAS + offs_d).to(tl.float32)[None, :]
-
+            q_ptrs = Q + b.to(tl.int64) * stride_qb + h * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :]
+            acc = _add_linear_branch(acc, q_ptrs, row_real, KVW, KSUM, BIAS, pid_bh, stride_ksum, eps_over_len,
+                                     offs_d, D=D)
         o_ptrs = O + b.to(tl.int64) * stride_ob + h * stride_oh + offs_m[:, None] * stride_ol + offs_d[None, :]
         tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=row_real)
 
@@ -746,7 +815,7 @@ def sla_sparse_attention(q, k, v, kept, kvw=None, k_sum_mean=None, bias=None, bl
                          block_k: int = 64, use_tma: bool | None = None, pairs: bool | None = None,
                          blocks_per_step: int | None = None, gather: bool | None = None,
                          launch: dict | None = None, rows_per_program: int | None = None,
-                         qk_int8: tuple | None = None) -> torch.Tensor:
+                         qk_int8: tuple | None = None, wave_slots: int | None = None) -> torch.Tensor:
     """The fused kernel alone: the sparse branch over `kept`, plus the linear epilogue when kvw is given.
 
     kvw (B, H, D, D) in q's dtype = diag(1 / sum phi(k)) (phi(k)^T v) @ W^T; k_sum_mean (B, H, D) float32 =
@@ -757,6 +826,9 @@ def sla_sparse_attention(q, k, v, kept, kvw=None, k_sum_mean=None, bias=None, bl
     programs share each q-block's kept list; default one per q-block) are for sweeps.
     `qk_int8` = (q8, q_scale, k8, k_scale) from `quantize_qk_int8_reference`: QK^T in int8 (pointer loads, no gathering);
     q, k, v stay the 16-bit tensors (q feeds the linear branch, v the PV MMA).
+    `wave_slots`: programs per wave that the wave-tail split plans for (`_tail_split`; None: `TAIL_SPLIT` on the
+    Hopper path, off elsewhere; 0: off). It is a fixed number, never read from the device, so the bits depend on
+    the shape only.
     """
     global _PLAIN_VARIANT_ONLY
     B, L, H, D = q.shape
@@ -791,7 +863,10 @@ def sla_sparse_attention(q, k, v, kept, kvw=None, k_sum_mean=None, bias=None, bl
     rows = rows_per_program or block_q
     if block_q % rows or rows < 16:
         raise ValueError(f"rows_per_program ({rows}) must divide block_q ({block_q}) and be at least 16")
-    args = (q, k, v, kept, kvw, k_sum_mean, bias, out, block_q, block_k, with_linear, rows)
+    if wave_slots is None:
+        wave_slots = TAIL_SPLIT["wave_slots"] if fast_variants and qk_int8 is None else 0
+    tail = _tail_split(H * -(-L // rows), kept.shape[-1], wave_slots)
+    args = (q, k, v, kept, kvw, k_sum_mean, bias, out, block_q, block_k, with_linear, rows, tail)
     if qk_int8 is not None:
         if D < 32:
             raise ValueError(f"int8 QK^T needs a head dim of at least 32 (the int8 MMA's K step), got {D}")
@@ -810,25 +885,66 @@ def sla_sparse_attention(q, k, v, kept, kvw=None, k_sum_mean=None, bias=None, bl
     return out
 
 
-def _launch_attention(q, k, v, kept, kvw, k_sum_mean, bias, out, block_q, block_k, with_linear, rows, use_tma,
+def _tail_split(units: int, n_keep: int, wave_slots: int) -> tuple[int, int, int]:
+    """(tail units, pieces, chunk): how the last, partial wave of an item's `units` equal programs is spread.
+
+    The fused kernel's programs all take the same time and fill one SM each, so `units % wave_slots` leftover
+    programs would run as a last wave with most SMs idle (at 1.3B: 3072 programs, 36 in the 24th wave). Those
+    units are split instead over `pieces` programs of `chunk` kept blocks each (flash-decoding style, merged by
+    `_sla_tail_combine_kernel`), so the tail takes a fraction of a program's time. (0, 1, n_keep): no split.
+    """
+    tail = units % wave_slots if wave_slots else 0
+    if not tail:
+        return 0, 1, n_keep
+    pieces = min(wave_slots // tail, TAIL_SPLIT["max_pieces"], n_keep // TAIL_SPLIT["min_blocks"])
+    pairs = -(-n_keep // 2)
+    chunk = 2 * -(-pairs // max(pieces, 1))  # even, so a pair of blocks never straddles two pieces
+    pieces = -(-n_keep // chunk)
+    return (tail, pieces, chunk) if pieces > 1 else (0, 1, n_keep)
+
+
+def _launch_attention(q, k, v, kept, kvw, k_sum_mean, bias, out, block_q, block_k, with_linear, rows, tail, use_tma,
                       group, gather, config, qk_int8=None):
+    """The fused kernel over every unit (one program's rows of one head); with a wave-tail split, the whole units
+    first, then the tail's pieces and their merge (three launches)."""
     B, L, H, D = q.shape
+    n_tail, pieces, chunk = tail
+    programs_per_head = -(-L // rows)
+    n_whole = H * programs_per_head - n_tail
     qf, q_scale, k_scale = q, out, out  # unused unless qk_int8
     if qk_int8 is not None:
         q, q_scale, k, k_scale = qk_int8
-    _sla_attention_kernel[(-(-L // rows), B * H)](
-        q, _kv_descriptor(k, block_k) if use_tma else k, _kv_descriptor(v, block_k) if use_tma else v, out, kept,
-        kvw, k_sum_mean, bias, qf, q_scale, k_scale,
-        q.stride(0), q.stride(1), q.stride(2),
-        qf.stride(0), qf.stride(1), qf.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        out.stride(0), out.stride(1), out.stride(2),
-        k_sum_mean.stride(1), L, H, kept.shape[-1], LOG2E / math.sqrt(D), LINEAR_EPS / L,
-        D=D, BLOCK_M=rows, BLOCK_N=block_k, USE_TMA=use_tma, GROUP=group, GATHER=gather,
-        WITH_LINEAR=with_linear, Q_SPLIT=block_q // rows, QK_INT8=qk_int8 is not None,
-        **config,
-    )
+    part_o = part_lse = out  # unused without a tail split
+    if n_tail:
+        part_o = torch.empty(B, n_tail * pieces, rows, D, dtype=torch.float32, device=q.device)
+        part_lse = torch.empty(B, n_tail * pieces, rows, dtype=torch.float32, device=q.device)
+    k_arg = _kv_descriptor(k, block_k) if use_tma else k
+    v_arg = _kv_descriptor(v, block_k) if use_tma else v
+    for n_programs, unit0, n_pieces in ((n_whole, 0, 1), (n_tail * pieces, n_whole, pieces)):
+        if not n_programs:
+            continue
+        _sla_attention_kernel[(n_programs, B)](
+            q, k_arg, v_arg, out, kept, kvw, k_sum_mean, bias, qf, q_scale, k_scale,
+            q.stride(0), q.stride(1), q.stride(2),
+            qf.stride(0), qf.stride(1), qf.stride(2),
+            k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2),
+            out.stride(0), out.stride(1), out.stride(2),
+            k_sum_mean.stride(1), L, H, kept.shape[-1], LOG2E / math.sqrt(D), LINEAR_EPS / L,
+            programs_per_head, unit0, chunk, part_o, part_lse,
+            D=D, BLOCK_M=rows, BLOCK_N=block_k, USE_TMA=use_tma, GROUP=group, GATHER=gather,
+            WITH_LINEAR=with_linear, Q_SPLIT=block_q // rows, QK_INT8=qk_int8 is not None, PIECES=n_pieces,
+            **config,
+        )
+    if n_tail:
+        merge_rows = min(rows, TAIL_SPLIT["merge_rows"])
+        _sla_tail_combine_kernel[(n_tail * (rows // merge_rows), B)](
+            qf, out, kvw, k_sum_mean, bias, part_o, part_lse,
+            qf.stride(0), qf.stride(1), qf.stride(2), out.stride(0), out.stride(1), out.stride(2),
+            k_sum_mean.stride(1), L, H, LINEAR_EPS / L, programs_per_head, n_whole,
+            D=D, BLOCK_M=rows, ROWS=merge_rows, PIECES=pieces, WITH_LINEAR=with_linear, num_warps=4, num_stages=1,
+            enable_fp_fusion=True,
+        )
 
 
 def _check_triton_inputs(q, k, v, block_q: int, block_k: int):

@@ -202,6 +202,21 @@ INTERPRETER_SCRIPT = textwrap.dedent(
     res["rows_errs"] = {f"{r} rows x {g}": maxerr(sla.sla_sparse_attention(q, k, v, kept7, kvw7, k_sum7, bias7,
                                                                          rows_per_program=r, blocks_per_step=g), ref7)
                         for r in (64, 32) for g in (1, 2)}
+    # the wave tail split over kept blocks: 12 units per item; 5 slots -> 2 tail units in 2 pieces of 4 + 3
+    # blocks, 10 slots -> 4 pieces of 2, 2, 2, 1 (the ragged block alone)
+    sla.TAIL_SPLIT["min_blocks"] = 1
+    res["tail_errs"] = {f"{slots} slots x {g}{' x 64 rows' if r else ''}": maxerr(sla.sla_sparse_attention(
+        q, k, v, kept7, kvw7, k_sum7, bias7, blocks_per_step=g, rows_per_program=r, wave_slots=slots), ref7)
+        for slots in (5, 10) for g in (1, 2) for r in (None, 64)}
+    split = sla.sla_sparse_attention(q, k, v, kept7, kvw7, k_sum7, bias7, wave_slots=10)
+    res["tail_batch_independent"] = all(torch.equal(split[i : i + 1], sla.sla_sparse_attention(
+        q[i : i + 1], k[i : i + 1], v[i : i + 1], kept7[i : i + 1], kvw7[i : i + 1], k_sum7[i : i + 1], bias7,
+        wave_slots=10)) for i in range(2))
+    res["tail_repeat"] = bool(torch.equal(split, sla.sla_sparse_attention(q, k, v, kept7, kvw7, k_sum7, bias7,
+                                                                          wave_slots=10)))
+    res["tail_sparse_only_err"] = maxerr(sla.sla_sparse_attention(q, k, v, kept7, wave_slots=10),
+                                         sla.sla_sparse_attention(q, k, v, kept7, wave_slots=0))
+    sla.TAIL_SPLIT["min_blocks"] = 4
 
     # int8 QK^T (the experimental qk_int8= path) against the reference that quantizes exactly as it does
     res["int8_errs"] = {}
@@ -282,6 +297,23 @@ def test_one_or_two_kept_blocks_per_softmax_step_plain_or_gathered_match_the_ref
 
 def test_programs_of_64_or_32_rows_sharing_a_q_blocks_kept_list_match_the_reference(interpreted):
     assert all(err <= 1e-4 for err in interpreted["rows_errs"].values()), interpreted["rows_errs"]
+
+
+def test_the_wave_tail_split_over_kept_blocks_matches_the_reference_with_ragged_and_single_block_pieces(interpreted):
+    assert max(interpreted["tail_errs"].values()) <= 1e-4, interpreted["tail_errs"]
+    assert interpreted["tail_sparse_only_err"] <= 1e-5
+
+
+def test_the_wave_tail_split_repeats_bitwise_and_does_not_depend_on_the_batch(interpreted):
+    assert interpreted["tail_repeat"] and interpreted["tail_batch_independent"]
+
+
+def test_the_wave_tail_split_spreads_only_the_last_partial_wave_in_even_chunks():
+    assert sla._tail_split(3072, 51, 132) == (36, 3, 18)  # 1.3B 480p: 36 units of the 24th wave -> 108 programs
+    assert sla._tail_split(23640, 118, 132) == (12, 8, 16)  # 14B 720p: 12 units -> 96 programs
+    assert sla._tail_split(3036, 51, 132) == (0, 1, 51)  # whole waves: nothing to split
+    assert sla._tail_split(3000, 51, 132) == (0, 1, 51)  # 96 leftover units: pieces of two would overflow a wave
+    assert sla._tail_split(3072, 51, 0) == (0, 1, 51)  # off
 
 
 def test_statistics_pass_tile_size_changes_only_the_summation_order(interpreted):
@@ -419,3 +451,20 @@ def test_gpu_fp16_and_fp32_inputs_match_the_reference(dtype):
     ref = sla.sla_reference(q.float(), k.float(), v.float(), weight, bias, 0.2)
     assert out.dtype == dtype
     assert relative_error(out, ref) <= 1e-2  # float32 multiplies in TF32 on the GPU
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("shape", list(GPU_SHAPES.values()), ids=list(GPU_SHAPES))
+def test_gpu_the_wave_tail_split_agrees_with_the_unsplit_kernel_and_repeats_bitwise(shape):
+    q, k, v = make_qkv(*shape, seed=2, dtype=torch.bfloat16, device="cuda")
+    weight, bias = make_proj(shape[-1], device="cuda")
+    plan = sla.sla_triton_plan(q, k, v, weight, bias, 0.1)
+    n_units = shape[2] * -(-shape[1] // 128)
+    assert sla._tail_split(n_units, plan[0].shape[-1], sla.TAIL_SPLIT["wave_slots"])[0] > 0, "no tail at this shape"
+    split = sla.sla_sparse_attention(q, k, v, *plan, wave_slots=sla.TAIL_SPLIT["wave_slots"])
+    whole = sla.sla_sparse_attention(q, k, v, *plan, wave_slots=0)
+    assert relative_error(split, whole) <= 2e-3, relative_error(split, whole)
+    assert torch.equal(split, sla.sla_sparse_attention(q, k, v, *plan, wave_slots=sla.TAIL_SPLIT["wave_slots"]))
+    if torch.cuda.get_device_capability()[0] >= 9:  # the Hopper default splits the tail
+        assert torch.equal(split, sla.sla_sparse_attention(q, k, v, *plan))

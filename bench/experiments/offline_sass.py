@@ -29,12 +29,14 @@ from kernels import sla
 KERNELS = {  # name: (kernel, constexprs, launch options, pointer dtypes other than bf16)
     "attention": (sla._sla_attention_kernel,
                   dict(D=128, BLOCK_M=128, BLOCK_N=64, USE_TMA=False, GROUP=2, GATHER=False, WITH_LINEAR=True),
-                  dict(num_warps=8, num_stages=2), dict(KEPT="*i32", KSUM="*fp32", BIAS="*fp32")),
+                  dict(num_warps=8, num_stages=2),
+                  dict(KEPT="*i32", KSUM="*fp32", BIAS="*fp32", PART_O="*fp32", PART_LSE="*fp32")),
     "attention-int8": (sla._sla_attention_kernel,
                        dict(D=128, BLOCK_M=128, BLOCK_N=64, USE_TMA=False, GROUP=2, GATHER=False, WITH_LINEAR=True,
                             QK_INT8=True),
                        dict(num_warps=8, num_stages=2),
-                       dict(Q="*i8", K="*i8", KEPT="*i32", KSUM="*fp32", BIAS="*fp32", QS="*fp32", KS="*fp32")),
+                       dict(Q="*i8", K="*i8", KEPT="*i32", KSUM="*fp32", BIAS="*fp32", QS="*fp32", KS="*fp32",
+                            PART_O="*fp32", PART_LSE="*fp32")),
     "stats": (sla._sla_stats_kernel, dict(D=128, BLOCK_N=64, RATIO=2, TILE=64, POOL_PRECISION="tf32"),
               dict(num_warps=16, num_stages=3), dict(Q_POOL="*fp32", K_POOL="*fp32", STATS="*fp32")),
 }
