@@ -39,6 +39,8 @@ try:
 except ImportError:  # pragma: no cover - Triton older than 3.4: pointer loads only
     TensorDescriptor = None
 
+from kernels import sla_gluon
+
 LINEAR_EPS = 1e-5
 LOG2E = 1.4426950408889634
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
@@ -100,8 +102,12 @@ HOPPER_ATTENTION = dict(blocks_per_step=2, gather=False, num_warps=8, num_stages
 # it measured within noise either way.
 TAIL_SPLIT = dict(wave_slots=132, max_pieces=8, min_blocks=4, merge_rows=32)
 PAIR_KV_BLOCKS = HOPPER_ATTENTION["blocks_per_step"] > 1
+# The fused kernel on sm_90 when the inputs allow it (`sla_gluon.gluon_layout_ok`): the warp-specialized Gluon
+# kernel (TMA producer + two consumer warpgroups, `kernels/sla_gluon.py`) instead of the Triton one above.
+GLUON_ON_HOPPER = True
 # Set when an auto-picked Hopper variant failed to compile with the installed Triton (warned once).
 _PLAIN_VARIANT_ONLY = False
+_TRITON_KERNEL_ONLY = False
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -815,7 +821,8 @@ def sla_sparse_attention(q, k, v, kept, kvw=None, k_sum_mean=None, bias=None, bl
                          block_k: int = 64, use_tma: bool | None = None, pairs: bool | None = None,
                          blocks_per_step: int | None = None, gather: bool | None = None,
                          launch: dict | None = None, rows_per_program: int | None = None,
-                         qk_int8: tuple | None = None, wave_slots: int | None = None) -> torch.Tensor:
+                         qk_int8: tuple | None = None, wave_slots: int | None = None,
+                         kernel: str | None = None) -> torch.Tensor:
     """The fused kernel alone: the sparse branch over `kept`, plus the linear epilogue when kvw is given.
 
     kvw (B, H, D, D) in q's dtype = diag(1 / sum phi(k)) (phi(k)^T v) @ W^T; k_sum_mean (B, H, D) float32 =
@@ -829,8 +836,10 @@ def sla_sparse_attention(q, k, v, kept, kvw=None, k_sum_mean=None, bias=None, bl
     `wave_slots`: programs per wave that the wave-tail split plans for (`_tail_split`; None: `TAIL_SPLIT` on the
     Hopper path, off elsewhere; 0: off). It is a fixed number, never read from the device, so the bits depend on
     the shape only.
+    `kernel`: "gluon" (the warp-specialized sm_90 kernel, `kernels/sla_gluon.py`), "triton", or None: Gluon on
+    sm_90 when no Triton variant is forced and the inputs allow it (`GLUON_ON_HOPPER`).
     """
-    global _PLAIN_VARIANT_ONLY
+    global _PLAIN_VARIANT_ONLY, _TRITON_KERNEL_ONLY
     B, L, H, D = q.shape
     with_linear = kvw is not None
     tma_ok = _tma_layout_ok(k) and _tma_layout_ok(v)
@@ -867,6 +876,24 @@ def sla_sparse_attention(q, k, v, kept, kvw=None, k_sum_mean=None, bias=None, bl
         wave_slots = TAIL_SPLIT["wave_slots"] if fast_variants and qk_int8 is None else 0
     tail = _tail_split(H * -(-L // rows), kept.shape[-1], wave_slots)
     args = (q, k, v, kept, kvw, k_sum_mean, bias, out, block_q, block_k, with_linear, rows, tail)
+    if kernel not in (None, "gluon", "triton"):
+        raise ValueError(f"kernel must be 'gluon', 'triton' or None, got {kernel!r}")
+    gluon_ok = (q.is_cuda and torch.cuda.get_device_capability(q.device)[0] == 9 and qk_int8 is None
+                and rows == block_q and sla_gluon.gluon_layout_ok(q, k, v, kvw if with_linear else None, block_q,
+                                                                   block_k))
+    if kernel == "gluon" and not gluon_ok:
+        raise ValueError("the Gluon kernel needs an sm_90 GPU, 16-bit TMA-viewable q/k/v with head dim 128, "
+                         "128/64-token blocks and one program per q-block")
+    if kernel == "gluon" or (kernel is None and auto and GLUON_ON_HOPPER and gluon_ok and not _TRITON_KERNEL_ONLY):
+        try:
+            _launch_attention(*args, use_tma=False, group=2, gather=False, config=config, gluon=True)
+            return out
+        except Exception as exc:  # noqa: BLE001 - the auto pick falls back to the Triton kernel, loudly
+            if kernel == "gluon":
+                raise
+            warnings.warn(f"SLA: the Gluon kernel failed with this Triton ({type(exc).__name__}: {exc}); using "
+                          "the Triton kernel from now on")
+            _TRITON_KERNEL_ONLY = True
     if qk_int8 is not None:
         if D < 32:
             raise ValueError(f"int8 QK^T needs a head dim of at least 32 (the int8 MMA's K step), got {D}")
@@ -904,9 +931,10 @@ def _tail_split(units: int, n_keep: int, wave_slots: int) -> tuple[int, int, int
 
 
 def _launch_attention(q, k, v, kept, kvw, k_sum_mean, bias, out, block_q, block_k, with_linear, rows, tail, use_tma,
-                      group, gather, config, qk_int8=None):
+                      group, gather, config, qk_int8=None, gluon=False):
     """The fused kernel over every unit (one program's rows of one head); with a wave-tail split, the whole units
-    first, then the tail's pieces and their merge (three launches)."""
+    first, then the tail's pieces and their merge (three launches). `gluon`: the first two through
+    `sla_gluon.launch_gluon_attention` (same program numbering and partial-output layout)."""
     B, L, H, D = q.shape
     n_tail, pieces, chunk = tail
     programs_per_head = -(-L // rows)
@@ -918,11 +946,15 @@ def _launch_attention(q, k, v, kept, kvw, k_sum_mean, bias, out, block_q, block_
     if n_tail:
         part_o = torch.empty(B, n_tail * pieces, rows, D, dtype=torch.float32, device=q.device)
         part_lse = torch.empty(B, n_tail * pieces, rows, dtype=torch.float32, device=q.device)
-    k_arg = _kv_descriptor(k, block_k) if use_tma else k
-    v_arg = _kv_descriptor(v, block_k) if use_tma else v
-    for n_programs, unit0, n_pieces in ((n_whole, 0, 1), (n_tail * pieces, n_whole, pieces)):
-        if not n_programs:
-            continue
+    launches = [(n, unit0, p) for n, unit0, p in ((n_whole, 0, 1), (n_tail * pieces, n_whole, pieces)) if n]
+    if gluon:
+        sla_gluon.launch_gluon_attention(q, k, v, kept, kvw, k_sum_mean, bias, out, part_o, part_lse,
+                                         programs_per_head, block_q, block_k, with_linear, LOG2E / math.sqrt(D),
+                                         LINEAR_EPS / L, [(n, unit0, p, chunk) for n, unit0, p in launches])
+        launches = []
+    k_arg = _kv_descriptor(k, block_k) if use_tma and launches else k
+    v_arg = _kv_descriptor(v, block_k) if use_tma and launches else v
+    for n_programs, unit0, n_pieces in launches:
         _sla_attention_kernel[(n_programs, B)](
             q, k_arg, v_arg, out, kept, kvw, k_sum_mean, bias, qf, q_scale, k_scale,
             q.stride(0), q.stride(1), q.stride(2),

@@ -15,7 +15,7 @@ from _helpers import run_interpreted
 import torch
 import torch.nn.functional as F
 
-from kernels import sla
+from kernels import sla, sla_gluon
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -456,15 +456,64 @@ def test_gpu_fp16_and_fp32_inputs_match_the_reference(dtype):
 @pytest.mark.gpu
 @cuda
 @pytest.mark.parametrize("shape", list(GPU_SHAPES.values()), ids=list(GPU_SHAPES))
-def test_gpu_the_wave_tail_split_agrees_with_the_unsplit_kernel_and_repeats_bitwise(shape):
+@pytest.mark.parametrize("kernel", ["triton", None], ids=["triton-kernel", "device-default-kernel"])
+def test_gpu_the_wave_tail_split_agrees_with_the_unsplit_kernel_and_repeats_bitwise(shape, kernel):
     q, k, v = make_qkv(*shape, seed=2, dtype=torch.bfloat16, device="cuda")
     weight, bias = make_proj(shape[-1], device="cuda")
     plan = sla.sla_triton_plan(q, k, v, weight, bias, 0.1)
     n_units = shape[2] * -(-shape[1] // 128)
-    assert sla._tail_split(n_units, plan[0].shape[-1], sla.TAIL_SPLIT["wave_slots"])[0] > 0, "no tail at this shape"
-    split = sla.sla_sparse_attention(q, k, v, *plan, wave_slots=sla.TAIL_SPLIT["wave_slots"])
-    whole = sla.sla_sparse_attention(q, k, v, *plan, wave_slots=0)
+    slots = sla.TAIL_SPLIT["wave_slots"]
+    assert sla._tail_split(n_units, plan[0].shape[-1], slots)[0] > 0, "no tail at this shape"
+    split = sla.sla_sparse_attention(q, k, v, *plan, wave_slots=slots, kernel=kernel)
+    whole = sla.sla_sparse_attention(q, k, v, *plan, wave_slots=0, kernel=kernel)
     assert relative_error(split, whole) <= 2e-3, relative_error(split, whole)
-    assert torch.equal(split, sla.sla_sparse_attention(q, k, v, *plan, wave_slots=sla.TAIL_SPLIT["wave_slots"]))
+    assert torch.equal(split, sla.sla_sparse_attention(q, k, v, *plan, wave_slots=slots, kernel=kernel))
     if torch.cuda.get_device_capability()[0] >= 9:  # the Hopper default splits the tail
-        assert torch.equal(split, sla.sla_sparse_attention(q, k, v, *plan))
+        assert torch.equal(split, sla.sla_sparse_attention(q, k, v, *plan, kernel=kernel))
+
+
+def hopper_gluon() -> bool:
+    return torch.cuda.get_device_capability() == (9, 0) and sla_gluon.gluon_available()
+
+
+gluon_gpu = pytest.mark.skipif(not torch.cuda.is_available() or not hopper_gluon(), reason="needs an sm_90 GPU "
+                               "and Triton with Gluon")
+
+
+@pytest.mark.gpu
+@gluon_gpu
+@pytest.mark.parametrize("B, L, H, topk", [(2, 4133, 4, 0.2), (1, 8192, 3, 0.1), (1, 1000, 2, 1.0)],
+                         ids=["ragged-batch-of-2-odd-count", "aligned", "every-block-kept"])
+def test_gpu_the_gluon_kernel_agrees_with_the_triton_kernel_split_or_not_with_or_without_the_linear_branch(
+        B, L, H, topk):
+    q, k, v = make_qkv(B, L, H, 128, seed=4, dtype=torch.bfloat16, device="cuda")
+    weight, bias = make_proj(128, device="cuda")
+    plan = sla.sla_triton_plan(q, k, v, weight, bias, topk)
+    ref = sla.sla_reference(q.float(), k.float(), v.float(), weight, bias, topk)
+    for slots in (0, 5):
+        gluon = sla.sla_sparse_attention(q, k, v, *plan, kernel="gluon", wave_slots=slots)
+        triton_out = sla.sla_sparse_attention(q, k, v, *plan, kernel="triton", wave_slots=slots)
+        assert bool(gluon.isfinite().all())
+        assert relative_error(gluon, triton_out) <= 2e-3, (slots, relative_error(gluon, triton_out))
+        assert relative_error(gluon, ref) <= 1e-2, (slots, relative_error(gluon, ref))
+        assert torch.equal(gluon, sla.sla_sparse_attention(q, k, v, *plan, kernel="gluon", wave_slots=slots))
+        sparse_only = sla.sla_sparse_attention(q, k, v, plan[0], kernel="gluon", wave_slots=slots)
+        assert relative_error(sparse_only, sla.sla_sparse_attention(q, k, v, plan[0], kernel="triton",
+                                                                    wave_slots=slots)) <= 2e-3
+    for i in range(B):  # an item's bits do not depend on the batch it ran in
+        one = [t[i : i + 1] for t in (q, k, v)]
+        alone = sla.sla_sparse_attention(*one, *sla.sla_triton_plan(*one, weight, bias, topk), kernel="gluon")
+        assert torch.equal(alone, sla.sla_sparse_attention(q, k, v, *plan, kernel="gluon")[i : i + 1])
+
+
+@pytest.mark.gpu
+@gluon_gpu
+def test_gpu_sm90_runs_the_gluon_kernel_by_default_and_the_triton_kernel_when_a_variant_is_forced():
+    q, k, v = make_qkv(1, 4096, 2, 128, seed=5, dtype=torch.bfloat16, device="cuda")
+    plan = sla.sla_triton_plan(q, k, v, *make_proj(128, device="cuda"), 0.1)
+    assert torch.equal(sla.sla_sparse_attention(q, k, v, *plan), sla.sla_sparse_attention(q, k, v, *plan,
+                                                                                          kernel="gluon"))
+    assert torch.equal(sla.sla_sparse_attention(q, k, v, *plan, pairs=True),
+                       sla.sla_sparse_attention(q, k, v, *plan, pairs=True, kernel="triton"))
+    with pytest.raises(ValueError, match="Gluon kernel needs"):
+        sla.sla_sparse_attention(q.float(), k.float(), v.float(), *plan, kernel="gluon")
