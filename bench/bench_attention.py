@@ -1,4 +1,4 @@
-"""SLA attention on one GPU: dense SDPA vs SLA (Triton) vs FlexAttention over the same kept blocks.
+"""SLA attention on one GPU: dense SDPA vs SLA (Gluon on sm_90, else Triton) vs FlexAttention over the same kept blocks.
 
     python bench/bench_attention.py                       # both Wan shapes, topk 0.1
     python bench/bench_attention.py --topk 0.1 0.15 --shapes 1.3b --no-flex
@@ -7,7 +7,8 @@ Rows per shape (median ms of triton.testing.do_bench; random bf16 inputs in (B, 
   sdpa-flash / sdpa-default  dense attention on BHLD-contiguous copies (the speedup baseline is the faster one)
   sla                        the full op `sla_triton` (statistics pass + routing + fused kernel)
   plan                       everything before the fused kernel (statistics pass, routing, kvw)
-  kernel[...]                the fused kernel alone, per variant (tma/ptr loads, 1 or 2 k-blocks per step)
+  kernel[default]            the fused kernel alone as `sla_triton` runs it (the Gluon kernel on sm_90)
+  kernel[triton ...]         the Triton fused kernel alone, per variant (tma/ptr loads, 1 or 2 k-blocks per step)
   sparse-only                the default kernel variant without the linear epilogue (what Flex computes)
   flex                       compiled FlexAttention with a BlockMask built from the same kept blocks (128 x 64)
 TFLOP/s counts kept blocks only: 4 * B * H * n_qblocks * n_keep * 128 * 64 * D.
@@ -139,9 +140,12 @@ def run_shape(name, shape, topks, with_flex, table, notes):
         add(topk, "sla", try_bench(lambda: sla.sla_triton(q, k, v, weight, bias, topk)), n_keep)
         add(topk, "plan", try_bench(lambda: sla.sla_triton_plan(q, k, v, weight, bias, topk)), n_keep)
         hopper = torch.cuda.get_device_capability()[0] >= 9
+        # the device default: the Gluon kernel on sm_90 (kernels/sla_gluon.py), else the Triton kernel
+        add(topk, "kernel[default]", try_bench(lambda: sla.sla_sparse_attention(q, k, v, kept, kvw, k_sum, bias32)),
+            n_keep)
         for use_tma in (True, False) if hopper else (False,):
             for pairs in (True, False):
-                label = f"kernel[{'tma' if use_tma else 'ptr'},{'pairs' if pairs else 'single'}]"
+                label = f"kernel[triton {'tma' if use_tma else 'ptr'},{'pairs' if pairs else 'single'}]"
                 run = lambda t=use_tma, p=pairs: sla.sla_sparse_attention(q, k, v, kept, kvw, k_sum, bias32,
                                                                           use_tma=t, pairs=p)
                 add(topk, label, try_bench(run), n_keep)

@@ -6,7 +6,9 @@ breakdown of GPU time into linear (GEMM + FP8 quant), attention (SDPA / SLA kern
 modulation, RoPE, elementwise).
 
     python bench/bench_forward.py --model 1.3b --res 480p
-(fp8: the runtime default, which keeps self_attn.o and cross_attn.o/k/v in bf16; fp8-all: every block Linear)
+(fp8: the runtime default, which keeps self_attn.o and cross_attn.o/k/v in bf16; fp8-all: every block Linear;
+a `+graph` suffix replays the forward from a CUDA graph, `turbo_batch.models.cuda_graph`, and checks that its bits
+are the eager forward's)
     python bench/bench_forward.py --model 14b --res 720p --variants fp8+sla --no-diffusers
 """
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch  # noqa: E402
 from _timing import cuda_median_ms  # noqa: E402 (bench/ is on sys.path when a script runs)
 from turbo_batch.models.dit import DiTConfig  # noqa: E402
 from turbo_batch.models.dit_checkpoints import random_dit  # noqa: E402
+from turbo_batch.models.cuda_graph import GraphedForward  # noqa: E402
 from turbo_batch.models.quantize import DEFAULT_KEEP_BF16, quantize_linears_  # noqa: E402
 
 MODELS = {"1.3b": dict(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
@@ -116,7 +119,8 @@ def main():
         torch.cuda.empty_cache()
 
     for name in args.variants.split(","):
-        backend, keep = VARIANTS[name]
+        graphed = name.endswith("+graph")
+        backend, keep = VARIANTS[name.removesuffix("+graph")]
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         model = random_dit(cfg, 0, device=dev, dtype=torch.bfloat16, on_device=True).eval().requires_grad_(False)
@@ -128,7 +132,15 @@ def main():
         torch.cuda.reset_peak_memory_stats()
         with torch.no_grad():
             fn = lambda: model(x, ts, ctx)  # noqa: E731
+            eager_vs_graph = None
+            if graphed:
+                graphs = GraphedForward()
+                eager = fn()
+                fn = lambda: graphs(model, x, ts, ctx)  # noqa: E731
             out = fn()
+            if graphed:
+                eager_vs_graph = torch.equal(out, eager)
+                del eager
             if ref is None and name == "bf16":
                 ref = out.float()
             err = ((out.float() - ref).norm() / ref.norm()).item() if ref is not None else None
@@ -138,9 +150,12 @@ def main():
             parts = breakdown(fn)
         results.append({"variant": f"ours {name}", "ms": ms, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
                         "weights_gib": weights_gib, "rel_err": err, "same_bits_twice": same_bits,
+                        "graph_bits_equal_eager": eager_vs_graph,
                         "finite": bool(torch.isfinite(out).all()), **{k: parts[k] for k in ("linear", "attention", "other")},
                         "top": parts["top"]})
-        del model, out, again
+        del model, out, again, fn
+        if graphed:
+            del graphs
         gc.collect()
 
     base = results[0]["ms"]
@@ -154,6 +169,8 @@ def main():
           " speedup vs the first row)")
     for r in results:
         if "top" in r:
+            if r.get("graph_bits_equal_eager") is not None:
+                print(f"{r['variant']}: graph replay bits equal the eager forward's: {r['graph_bits_equal_eager']}")
             print(f"top kernels {r['variant']}: " + "; ".join(f"{k[:60]} {v:.1f}" for k, v in r["top"][:6]))
     if args.json:
         with open(args.json, "w") as f:

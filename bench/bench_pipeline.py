@@ -39,11 +39,13 @@ def main():
     ap.add_argument("--frames", type=int, default=81)
     ap.add_argument("--resolution", default="480p")
     ap.add_argument("--base-steps", type=int, default=3, help="steps of the original recipe to time (projected to 50)")
+    ap.add_argument("--cuda-graph", default="auto", choices=["auto", "true", "false"], help="runtime.cuda_graph")
     ap.add_argument("--json", default=None)
     ap.add_argument("--no-base", action="store_true", help="skip the original-recipe baseline")
     args = ap.parse_args()
 
-    cfg = load_config([f"runtime.attention={args.attention}", f"runtime.quant={args.quant}", "runtime.random_weights=0"])
+    cfg = load_config([f"runtime.attention={args.attention}", f"runtime.quant={args.quant}", "runtime.random_weights=0",
+                       f"runtime.cuda_graph={args.cuda_graph}"])
     t0 = time.perf_counter()
     pipe = Pipeline(args.model, cfg)
     load_s = time.perf_counter() - t0

@@ -65,6 +65,12 @@ def resolve_runtime(cfg: DictConfig) -> dict:
     for key, options in allowed.items():
         if rt[key] not in options:
             raise ConfigError(f"runtime.{key}={rt[key]!r} is not one of {', '.join(options)} (or auto)")
+    graph = rt.get("cuda_graph", "auto")
+    if graph == "auto":
+        graph = on_cuda
+    if not isinstance(graph, bool):
+        raise ConfigError(f"runtime.cuda_graph={graph!r} must be true, false or auto")
+    rt["cuda_graph"] = graph and on_cuda
     keep = rt.get("fp8_keep_bf16")
     if keep is None:
         keep = []

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from .config import load_config, resolve_runtime
+from .models.cuda_graph import GraphedForward
 from .params import RenderParams, preset_for
 from .sampling import NoiseStream, flow_sample, flow_sigmas, iter_expert_names, rcm_rf_times, rcm_sample
 
@@ -89,6 +90,8 @@ class Pipeline:
         self.expert_names = tuple(self.preset.experts)
         self._prompt_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._resident = self._decide_residency()
+        # graphs bake in the weights' addresses, so they run only while every expert stays on the GPU
+        self._graphs = GraphedForward() if self.runtime.get("cuda_graph") and self._resident else None
 
     # ------------------------------------------------------------------ memory management
     def _decide_residency(self) -> bool:
@@ -195,6 +198,8 @@ class Pipeline:
                 model = self._expert(experts[i])
                 model.set_attention(self.runtime["attention"], p.sla_topk)
                 inp = x if y is None else torch.cat([x, y.to(x.dtype)], dim=1)
+                if self._graphs is not None:
+                    return self._graphs(model, inp, t, ctx, tag=(self.runtime["attention"], p.sla_topk)).float()
                 return model(inp, t, ctx).float()
             return velocity
 
