@@ -1,8 +1,8 @@
 """Replay a model's forward from CUDA graphs, one captured per input signature.
 
-Why: a fused Wan DiT forward launches ~25 kernels per block (30-40 blocks), and at 1-4 sampling steps the host's
-launch overhead leaves the GPU idle for ~7% of the forward (1.3B 480p on an H200: 156.5 ms timed against 145 ms
-of kernel time). A graph replays the same kernels with the same arguments, so its bits are the eager forward's.
+Why: a fused Wan DiT forward launches ~25 kernels per block (30-40 blocks); whenever the host falls behind, the
+GPU waits between launches. A graph replays the same kernels with the same arguments, so its bits are the eager
+forward's and the launch gaps go (1.3B 480p on an H200: 156.5 -> 155.2 ms; more on a slower or busier host).
 
 A captured graph is keyed by the module, the shapes / dtypes / devices of the inputs and a caller-given `tag`
 (anything else the forward's kernels depend on, e.g. the attention backend and top-k). Inputs are copied into
@@ -30,11 +30,6 @@ class GraphedForward:
 
     def __len__(self) -> int:
         return len(self._graphs)
-
-    def clear(self) -> None:
-        """Drop every graph and its memory (e.g. before loading another model)."""
-        self._graphs.clear()
-        self._pool = None
 
     @staticmethod
     def _key(module: nn.Module, tensors, tag):
