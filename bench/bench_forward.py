@@ -8,7 +8,8 @@ modulation, RoPE, elementwise).
     python bench/bench_forward.py --model 1.3b --res 480p
 (fp8: the runtime default, which keeps self_attn.o and cross_attn.o/k/v in bf16; fp8-all: every block Linear;
 a `+graph` suffix replays the forward from a CUDA graph, `turbo_batch.models.cuda_graph`, and checks that its bits
-are the eager forward's)
+are the eager forward's; `+fused` runs residual adds and the FFN's GELU + quantization in Triton GEMM epilogues, `+fused-rows` /
+`+fused-rows-cublas` with the FFN hidden's per-token bound scales: `WanDiT.set_fused_epilogues`)
     python bench/bench_forward.py --model 14b --res 720p --variants fp8+sla --no-diffusers
 """
 from __future__ import annotations
@@ -67,8 +68,8 @@ def breakdown(fn) -> dict:
             continue
         c = category(evt.key)
         out[c] += t / 1000.0
-        top[evt.key] = t / 1000.0
-    out["top"] = sorted(top.items(), key=lambda kv: -kv[1])[:8]
+        top[evt.key] = (t / 1000.0, evt.count)
+    out["top"] = sorted(top.items(), key=lambda kv: -kv[1][0])[:40]
     return out
 
 
@@ -82,6 +83,7 @@ def main():
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--no-diffusers", action="store_true")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--top", type=int, default=6, help="kernels listed per variant, by GPU time in one forward")
     args = ap.parse_args()
 
     torch.manual_seed(0)
@@ -119,14 +121,16 @@ def main():
         torch.cuda.empty_cache()
 
     for name in args.variants.split(","):
-        graphed = name.endswith("+graph")
-        backend, keep = VARIANTS[name.removesuffix("+graph")]
+        graphed = "+graph" in name
+        base_name, _, fusion = name.replace("+graph", "").partition("+fused")
+        backend, keep = VARIANTS[base_name]
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         model = random_dit(cfg, 0, device=dev, dtype=torch.bfloat16, on_device=True).eval().requires_grad_(False)
         if keep is not None:
             quantize_linears_(model, keep=keep)
         model.set_attention(backend, args.topk)
+        model.set_fused_epilogues(fusion.lstrip("-") or True if fusion or "+fused" in name else False)
         weights_gib = torch.cuda.memory_allocated() / 2**30
         # peak of the model as served: building 14B in bf16 before quantizing it would otherwise set the peak
         torch.cuda.reset_peak_memory_stats()
@@ -171,7 +175,9 @@ def main():
         if "top" in r:
             if r.get("graph_bits_equal_eager") is not None:
                 print(f"{r['variant']}: graph replay bits equal the eager forward's: {r['graph_bits_equal_eager']}")
-            print(f"top kernels {r['variant']}: " + "; ".join(f"{k[:60]} {v:.1f}" for k, v in r["top"][:6]))
+            print(f"top kernels {r['variant']} (ms in one forward, launches):")
+            for k, (v, n) in r["top"][: args.top]:
+                print(f"  {v:8.2f} {n:5d}  {k[:110]}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2, default=str)

@@ -31,6 +31,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels.fp8_gemm import (
+    ffn_hidden_scales,
+    fp8_matmul_gelu_quant_rows_triton,
+    fp8_matmul_gelu_quant_triton,
+    matmul_residual_triton,
+    use_triton_gemm,
+    weight_row_l1_max,
+)
 from kernels.fp8_linear import FP8Linear, fp8_ffn_gelu, fp8_ffn_gelu_quantized, quantize_per_token_fp8
 from kernels.norms import (
     gated_residual,
@@ -165,6 +173,41 @@ def project(x: torch.Tensor | Fp8Rows, *linears: nn.Module) -> list[torch.Tensor
     return [m(x) for m in linears]
 
 
+def fp8_rows(x: torch.Tensor | Fp8Rows) -> Fp8Rows:
+    """x as per-token fp8 rows (quantized here unless a fused norm already wrote them)."""
+    if isinstance(x, Fp8Rows):
+        return x
+    return Fp8Rows(*quantize_per_token_fp8(x.reshape(-1, x.shape[-1])), x.shape, x.dtype)
+
+
+def fuses_epilogue(x: torch.Tensor, *linears: nn.Module) -> bool:
+    """Whether these Linears run as Triton GEMMs with their epilogue fused (kernels/fp8_gemm.py): on Hopper (or the
+    interpreter), for bf16 activations and layers whose widths suit the kernel's tiles (N a multiple of 128, K of 16;
+    the tiny test presets fall back to the unfused path)."""
+    return x.dtype == torch.bfloat16 and use_triton_gemm(x) and all(
+        m.out_features % 128 == 0 and m.in_features % 16 == 0 and
+        (isinstance(m, FP8Linear) or m.weight.dtype == torch.bfloat16) for m in linears)
+
+
+def linear_residual(a: torch.Tensor, linear: nn.Module, residual: torch.Tensor, gate: torch.Tensor | None,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
+    """residual + linear(a) * gate (gate [B, N] in the activation dtype, or None: a plain add) by one Triton GEMM
+    whose epilogue reads the residual tile and writes the sum, so the projection's output never reaches HBM.
+
+    a [B, L, K] bf16, residual [B, L, N]; writes `out` (default: `residual`, in place). FP8 layers quantize a per
+    token first. Same formula and roundings as `gated_residual(residual, linear(a), gate)`."""
+    B, L, K = a.shape
+    N = linear.out_features
+    out = residual if out is None else out
+    if isinstance(linear, FP8Linear):
+        rows = fp8_rows(a.contiguous())
+        args = (rows.q, rows.scale, linear.weight, linear.weight_scale)
+    else:
+        args = (a.reshape(-1, K).contiguous(), None, linear.weight, None)
+    matmul_residual_triton(*args, linear.bias, residual.view(-1, N), gate, L, out=out.view(-1, N))
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ layers
 class LayerNorm(nn.LayerNorm):
     """LayerNorm computed in float32, output in the input dtype (Wan's WanLayerNorm)."""
@@ -236,13 +279,16 @@ class SelfAttention(nn.Module):
         return self.o(self.attn_op(q, k, v).flatten(2))
 
     def forward_fused(self, x: torch.Tensor | Fp8Rows, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """`forward` with RMSNorm + RoPE fused (rounded once after the weight, like RMSNorm, then once after the
-        rotation, like apply_rope), written directly as (B, L, H, D); cos/sin [L, head_dim/2] fp32. x may arrive
-        as fp8 rows when q, k, v are FP8 (see `quantize_in_norm`)."""
+        return self.o(self.attend_fused(x, cos, sin))
+
+    def attend_fused(self, x: torch.Tensor | Fp8Rows, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """`forward` up to the output projection, with RMSNorm + RoPE fused (rounded once after the weight, like
+        RMSNorm, then once after the rotation, like apply_rope), written directly as (B, L, H, D); cos/sin
+        [L, head_dim/2] fp32. x may arrive as fp8 rows when q, k, v are FP8 (see `quantize_in_norm`)."""
         q, k, v = project(x, self.q, self.k, self.v)
         q = rmsnorm_rope(q, self.norm_q.weight, cos, sin, self.num_heads, self.norm_q.eps, weight_in_fp32=True)
         k = rmsnorm_rope(k, self.norm_k.weight, cos, sin, self.num_heads, self.norm_k.eps, weight_in_fp32=True)
-        return self.o(self.attn_op(q, k, v.unflatten(2, (self.num_heads, -1))).flatten(2))
+        return self.attn_op(q, k, v.unflatten(2, (self.num_heads, -1))).flatten(2)
 
 
 class CrossAttention(nn.Module):
@@ -263,11 +309,15 @@ class CrossAttention(nn.Module):
         return self.o(attention(q, k, v, "dense").flatten(2))
 
     def forward_fused(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self.o(self.attend_fused(x, context))
+
+    def attend_fused(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """`forward` up to the output projection, through the fused RMSNorm kernel."""
         heads = (self.num_heads, -1)
         q = rmsnorm(self.q(x), self.norm_q.weight, self.norm_q.eps, weight_in_fp32=True).unflatten(2, heads)
         k, v = project(context, self.k, self.v)
         k = rmsnorm(k, self.norm_k.weight, self.norm_k.eps, weight_in_fp32=True).unflatten(2, heads)
-        return self.o(attention(q, k, v.unflatten(2, heads), "dense").flatten(2))
+        return attention(q, k, v.unflatten(2, heads), "dense").flatten(2)
 
 
 class FeedForward(nn.Sequential):
@@ -289,6 +339,47 @@ class FeedForward(nn.Sequential):
             return fp8_ffn_gelu(x, up, down)
         return self(x)
 
+    def fuses_epilogues(self, x: torch.Tensor) -> bool:
+        """Both Linears FP8 and `fuses_epilogue`: the FFN can run as the two epilogue-fused Triton GEMMs."""
+        return all_fp8(self[0], self[2]) and fuses_epilogue(x, self[0], self[2])
+
+    def hidden_bound(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(max_j ||w_j||_1, max_j |b_j|) of the up projection (0-dim fp32), for `ffn_hidden_scales`; cached
+        outside CUDA graph capture (the graph's warm-up runs eagerly first)."""
+        cached = getattr(self, "_hidden_bound", None)
+        if cached is not None and cached[0].device == self[0].weight.device:
+            return cached
+        up = self[0]
+        bias = up.bias.abs().max().float() if up.bias is not None else torch.zeros((), device=up.weight.device)
+        bound = (weight_row_l1_max(up.weight, up.weight_scale), bias)
+        if not (up.weight.is_cuda and torch.cuda.is_current_stream_capturing()):
+            self._hidden_bound = bound
+        return bound
+
+    def add_gated_(self, x: torch.Tensor | Fp8Rows, residual: torch.Tensor, gate: torch.Tensor,
+                   mode: str = "groups") -> torch.Tensor:
+        """residual += FFN(x) * gate in place (only when `fuses_epilogues`): the up projection's epilogue applies
+        the GELU and writes the hidden activation as fp8 (it never exists in bf16), then the down projection.
+
+        mode "groups": the hidden activation in 1 x 128 groups; the down GEMM reads the group scales in its K loop
+        and adds its gated output to the stream. "rows": per-token scales bounded before the GEMM
+        (`ffn_hidden_scales`); the down GEMM (Triton) adds the gated residual. "rows-cublas": the same hidden, the
+        down projection by cuBLAS, then `gated_residual`."""
+        up, down = self[0], self[2]
+        rows = fp8_rows(x)
+        N = down.out_features
+        if mode == "groups":
+            hq, hs = fp8_matmul_gelu_quant_triton(rows.q, rows.scale, up.weight, up.weight_scale, up.bias)
+        else:
+            hs = ffn_hidden_scales(rows.scale, *self.hidden_bound())
+            hq = fp8_matmul_gelu_quant_rows_triton(rows.q, rows.scale, up.weight, up.weight_scale, up.bias, hs)
+        if mode == "rows-cublas":
+            y = down.forward_quantized(hq, hs).view(residual.shape)
+            return gated_residual(residual, y, gate, out=residual)
+        matmul_residual_triton(hq, hs, down.weight, down.weight_scale, down.bias, residual.view(-1, N), gate,
+                               residual.shape[1])
+        return residual
+
 
 class Block(nn.Module):
     """AdaLN block: self-attn (6-way modulated), cross-attn (affine norm3), GELU(tanh) FFN (modulated)."""
@@ -303,6 +394,7 @@ class Block(nn.Module):
         self.norm2 = LayerNorm(dim, cfg.eps, elementwise_affine=False)
         self.ffn = FeedForward(dim, cfg.ffn_dim)
         self.modulation = nn.Parameter(torch.zeros(1, 6, dim))
+        self.fused_epilogues = False  # see forward_fused; WanDiT.set_fused_epilogues switches every block
 
     def forward(self, x, e6, context, rope):
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (self.modulation.float() + e6).chunk(6, dim=1)
@@ -313,15 +405,28 @@ class Block(nn.Module):
 
     def forward_fused(self, x, e6, context, cos, sin):
         """`forward` through the fused kernels. The first residual add writes a new stream (the caller's x is
-        never modified); the other two update that stream in place (each element is read before it is written)."""
+        never modified); the other two update that stream in place (each element is read before it is written).
+        Where `fused_epilogues` is on and the kernels allow it (`fuses_epilogue`), each residual add runs in the
+        epilogue of the GEMM in front of it, and the FFN's hidden activation goes from GEMM to GEMM in fp8."""
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (self.modulation.float() + e6).unbind(1)
+        gate_sa, gate_ff = gate_sa.to(x.dtype), gate_ff.to(x.dtype)
         eps = self.norm1.eps
-        sa, ffn = self.self_attn, self.ffn
-        y = sa.forward_fused(modulated_input(x, shift_sa, scale_sa, eps, quantize_in_norm(sa.q, sa.k, sa.v)), cos, sin)
-        x = gated_residual(x, y, gate_sa.to(x.dtype))
-        x.add_(self.cross_attn.forward_fused(layernorm_affine(x, self.norm3.weight, self.norm3.bias, eps), context))
-        y = ffn.forward_fused(modulated_input(x, shift_ff, scale_ff, eps, quantize_in_norm(ffn[0], ffn[2])))
-        return gated_residual(x, y, gate_ff.to(x.dtype), out=x)
+        sa, ca, ffn = self.self_attn, self.cross_attn, self.ffn
+        fuse = self.fused_epilogues
+        a = sa.attend_fused(modulated_input(x, shift_sa, scale_sa, eps, quantize_in_norm(sa.q, sa.k, sa.v)), cos, sin)
+        if fuse and fuses_epilogue(a, sa.o):
+            x = linear_residual(a, sa.o, x, gate_sa, out=torch.empty_like(x))
+        else:
+            x = gated_residual(x, sa.o(a), gate_sa)
+        a = ca.attend_fused(layernorm_affine(x, self.norm3.weight, self.norm3.bias, eps), context)
+        if fuse and fuses_epilogue(a, ca.o):
+            linear_residual(a, ca.o, x, None)
+        else:
+            x.add_(ca.o(a))
+        y = modulated_input(x, shift_ff, scale_ff, eps, quantize_in_norm(ffn[0], ffn[2]))
+        if fuse and ffn.fuses_epilogues(x):
+            return ffn.add_gated_(y, x, gate_ff, mode=fuse if isinstance(fuse, str) else "groups")
+        return gated_residual(x, ffn.forward_fused(y), gate_ff, out=x)
 
 
 class Head(nn.Module):
@@ -368,6 +473,13 @@ class WanDiT(nn.Module):
         for block in self.blocks:
             block.self_attn.attn_op.backend = backend
             block.self_attn.attn_op.topk = float(topk)
+
+    def set_fused_epilogues(self, on: bool | str) -> None:
+        """Run residual adds (and the FFN's GELU + quantization) inside the GEMMs' epilogues where the kernels
+        allow it (off: cuBLAS GEMMs followed by the elementwise kernels). A string picks the FFN's hidden
+        quantization (`FeedForward.add_gated_`'s mode); True means "groups"."""
+        for block in self.blocks:
+            block.fused_epilogues = on if isinstance(on, str) else bool(on)
 
     def rope(self, grid: tuple[int, int, int], device) -> torch.Tensor:
         """Complex RoPE table of the torch path, built once per (grid, device)."""
