@@ -8,8 +8,8 @@ modulation, RoPE, elementwise).
     python bench/bench_forward.py --model 1.3b --res 480p
 (fp8: the runtime default, which keeps self_attn.o and cross_attn.o/k/v in bf16; fp8-all: every block Linear;
 a `+graph` suffix replays the forward from a CUDA graph, `turbo_batch.models.cuda_graph`, and checks that its bits
-are the eager forward's; `+fused` runs residual adds and the FFN's GELU + quantization in Triton GEMM epilogues, `+fused-rows` /
-`+fused-rows-cublas` with the FFN hidden's per-token bound scales: `WanDiT.set_fused_epilogues`)
+are the eager forward's; `+unfused` turns off the GEMM epilogue fusion (residual adds and the FFN's GELU + quantization inside Triton GEMMs,
+kernels/fp8_gemm.py, on by default on Hopper): cuBLAS GEMMs, then the elementwise kernels)
     python bench/bench_forward.py --model 14b --res 720p --variants fp8+sla --no-diffusers
 """
 from __future__ import annotations
@@ -122,15 +122,15 @@ def main():
 
     for name in args.variants.split(","):
         graphed = "+graph" in name
-        base_name, _, fusion = name.replace("+graph", "").partition("+fused")
-        backend, keep = VARIANTS[base_name]
+        unfused = "+unfused" in name
+        backend, keep = VARIANTS[name.replace("+graph", "").replace("+unfused", "")]
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         model = random_dit(cfg, 0, device=dev, dtype=torch.bfloat16, on_device=True).eval().requires_grad_(False)
         if keep is not None:
             quantize_linears_(model, keep=keep)
         model.set_attention(backend, args.topk)
-        model.set_fused_epilogues(fusion.lstrip("-") or True if fusion or "+fused" in name else False)
+        model.set_fused_epilogues(not unfused)
         weights_gib = torch.cuda.memory_allocated() / 2**30
         # peak of the model as served: building 14B in bf16 before quantizing it would otherwise set the peak
         torch.cuda.reset_peak_memory_stats()

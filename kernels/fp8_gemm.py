@@ -3,20 +3,22 @@
 Why: `torch._scaled_mm` writes a bf16 [M, N] and stops, so every op after a GEMM is another pass over HBM. In the
 FFN that pass is the big one: the up projection writes a bf16 hidden activation (32760 x 8960 at 1.3B 480p,
 587 MB) that the GELU + quantization kernel reads back. Here the up projection's epilogue applies the GELU and
-writes fp8 directly, and the down / output projections add their gated residual into the stream in place.
+writes the fp8 codes directly, and the down / output projections add their gated residual into the stream in place.
 
-The fused GELU output is quantized in 1 x 128 groups (one scale per token per 128 channels, the DeepSeek-V3 /
-TurboDiffusion-int8 granularity), not per token: a tile sees 128 or 256 of a row's 8960 channels, never the
-whole row. The next GEMM then applies one activation scale per 128-wide K-group inside its main loop
-(`A_SCALE = GROUPED`): each K step's fp8 product is accumulated in fp32 times its scale, which also promotes the
-accumulator every 128 terms. Finer groups quantize more accurately than per-token scales.
+A tile sees 256 of a hidden row's 8960 channels, never the row's amax, so the hidden activation's per-token scale
+is fixed before the GEMM from a bound (`ffn_hidden_scales`): e4m3 keeps the same relative step across its normal
+range, so a scale ~40x above the amax costs nothing measurable (2.67% vs 2.66% error through the down projection,
+bench/experiments/fp8_gemm_ab.py), and the down projection keeps plain row-wise scales. (1 x 128 group scales,
+the other way out, cost the down GEMM a scaled accumulation per K step: 1.1-1.25 ms instead of 0.67 ms at 1.3B in
+Triton, measured on an H100, so they were dropped.)
 
 Numerics (the float32 references below are the specification; CPU paths use them):
     y   = bf16(sum_k a * b * scale_a * scale_b + bias)          (what `_scaled_mm` writes)
-    gelu_quant: g = GELU_tanh(y) rounded to bf16 (`gelu_tanh_ref`), then 1x128 groups as `quantize_rows_fp8_ref`
-    residual:   out = bf16(x + bf16(y * gate))  (or bf16(x + y) without a gate): `gated_residual` with bf16 gates
+    gelu_quant_rows: codes = e4m3(clamp(GELU_tanh(y) * (1 / scale_row)))   (`quantize_gelu_rows_fp8_ref`)
+    residual:        out = bf16(x + bf16(y * gate))  (or bf16(x + y) without a gate): `gated_residual`, bf16 gates
 The GEMM sums in its own fixed order (not cuBLAS's), so y is within fp32 rounding of `_scaled_mm`'s, not its bits.
-Deterministic: a fixed configuration per shape (`gemm_config`, no autotuning), no atomics, no split-K.
+Deterministic: a fixed configuration per epilogue and dtype (`gemm_config`, no autotuning), no atomics, no split-K;
+a tile's result depends on neither the tile shape nor the number of SMs.
 """
 from __future__ import annotations
 
@@ -26,7 +28,6 @@ from kernels.fp8_linear import (
     FP8_DTYPE,
     _interpreting,
     gelu_tanh_ref,
-    quantize_rows_fp8_ref,
 )
 
 try:
@@ -36,43 +37,16 @@ try:
 except ImportError:  # pragma: no cover - CPU-only platforms use the references
     triton = None
 
-GROUP = 128  # channels per activation scale in the grouped layout
-NO_SCALE, ROWWISE, GROUPED = 0, 1, 2  # A_SCALE: bf16 operands / one scale per row / one per row per 128-wide K-group
-STORE, GELU_QUANT, RESIDUAL, GELU_QUANT_ROWS = 0, 1, 2, 3  # EPILOGUE
+NO_SCALE, ROWWISE = 0, 1  # A_SCALE: bf16 operands / fp8 with one scale per row (and per weight row)
+STORE, GELU_QUANT_ROWS, RESIDUAL = 0, 1, 2  # EPILOGUE
 
 
 # ------------------------------------------------------------------------------------------ references
-def quantize_groups_fp8_ref(x: torch.Tensor, group: int = GROUP) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [M, K] -> (codes [M, K] e4m3fn, scales [K / group, M] fp32): `quantize_rows_fp8_ref` on each 1 x group
-    piece. Scales are stored group-major so a GEMM's K step reads one contiguous [M] vector."""
-    M, K = x.shape
-    if K % group:
-        raise ValueError(f"grouped fp8 quantization needs K ({K}) to be a multiple of {group}")
-    q, s = quantize_rows_fp8_ref(x.reshape(M, K // group, group))
-    return q.reshape(M, K), s.t().contiguous()
-
-
-def quantize_gelu_groups_fp8_ref(h: torch.Tensor, group: int = GROUP) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fused epilogue's second half: GELU(tanh) of the bf16 GEMM output h [M, N], then 1 x group quantization."""
-    return quantize_groups_fp8_ref(gelu_tanh_ref(h), group)
-
-
 def quantize_gelu_rows_fp8_ref(h: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """GELU(tanh) of the bf16 GEMM output h [M, N], quantized with given per-row scales [M] (`ffn_hidden_scales`):
     codes = e4m3fn(clamp(GELU(h) * (1 / scale)))."""
     g = gelu_tanh_ref(h).float()
     return (g * torch.reciprocal(scales).unsqueeze(1)).clamp(-448.0, 448.0).to(FP8_DTYPE)
-
-
-def fp8_matmul_grouped_emulated(xq: torch.Tensor, xs: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor,
-                                bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Grouped-scale A (codes [M, K], scales [K/128, M]) times row-scaled W^T -> bf16 [M, N], in float32."""
-    M, K = xq.shape
-    a = xq.float().reshape(M, K // GROUP, GROUP) * xs.t().unsqueeze(-1)
-    y = (a.reshape(M, K) @ w.float().t()) * w_scale.float().unsqueeze(0)
-    if bias is not None:
-        y = y + bias.to(torch.bfloat16).float()
-    return y.to(torch.bfloat16)
 
 
 def residual_ref(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, tokens_per_batch: int) -> torch.Tensor:
@@ -85,7 +59,7 @@ def residual_ref(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, to
 
 # ------------------------------------------------------------------------------------------ kernel
 if triton is not None:
-    from kernels.fp8_linear import _fp8_row_scale, _gelu_tanh, _to_fp8
+    from kernels.fp8_linear import _gelu_tanh, _to_fp8
 
     @triton.jit
     def _bf16(v, HW_CVT: tl.constexpr):
@@ -102,14 +76,6 @@ if triton is not None:
         first_m = (tile_id // in_group) * GROUP_M
         size_m = tl.minimum(num_pid_m - first_m, GROUP_M)
         return first_m + (tile_id % in_group) % size_m, (tile_id % in_group) // size_m
-
-    @triton.jit
-    def _store_quantized_group(h, q_desc, qs_ptr, rows, rmask, off_m, col0, M, HW_CVT: tl.constexpr):
-        """GELU output h [BM, 128] (fp32, bf16 values) -> fp8 codes via TMA, and its per-row scales at group col0/128."""
-        scale, inv = _fp8_row_scale(tl.max(tl.abs(h), axis=1))
-        codes = _to_fp8(tl.minimum(tl.maximum(h * inv[:, None], -448.0), 448.0), tl.float8e4nv, HW_CVT)
-        q_desc.store([off_m, col0], codes)
-        tl.store(qs_ptr + (col0 // 128) * M + rows, scale, mask=rmask)
 
     @triton.jit
     def _gemm_kernel(
@@ -136,10 +102,7 @@ if triton is not None:
             for ki in range(k_tiles):
                 a = a_desc.load([off_m, ki * BLOCK_K])
                 b = b_desc.load([off_n, ki * BLOCK_K])
-                if A_SCALE == 2:  # one scale per row per K-group: promote this group's product in fp32
-                    s = tl.load(a_scale_ptr + ki * M + rows, mask=rmask, other=0.0)
-                    acc += tl.dot(a, b.T) * s[:, None]
-                elif A_SCALE == 0 and not HW_CVT:  # the interpreter's bf16 dot is wrong (Triton 3.9); fp32 is exact
+                if A_SCALE == 0 and not HW_CVT:  # the interpreter's bf16 dot is wrong (Triton 3.9); fp32 is exact
                     acc = tl.dot(a.to(tl.float32), b.to(tl.float32).T, acc)
                 else:
                     acc = tl.dot(a, b.T, acc)
@@ -154,15 +117,7 @@ if triton is not None:
             y = _bf16(acc, HW_CVT)
             if EPILOGUE == 0:
                 out_desc.store([off_m, off_n], y)
-            elif EPILOGUE == 1:
-                h = _gelu_tanh(y.to(tl.float32), tl.bfloat16, HW_CVT)
-                if BLOCK_N == 128:
-                    _store_quantized_group(h, out_desc, qs_ptr, rows, rmask, off_m, off_n, M, HW_CVT)
-                else:  # BLOCK_N == 256: two 128-wide groups
-                    h0, h1 = tl.split(tl.permute(tl.reshape(h, (BLOCK_M, 2, 128)), (0, 2, 1)))
-                    _store_quantized_group(h0, out_desc, qs_ptr, rows, rmask, off_m, off_n, M, HW_CVT)
-                    _store_quantized_group(h1, out_desc, qs_ptr, rows, rmask, off_m, off_n + 128, M, HW_CVT)
-            elif EPILOGUE == 3:  # per-token scales known before the GEMM (`ffn_hidden_scales`)
+            elif EPILOGUE == 1:  # per-token scales known before the GEMM (`ffn_hidden_scales`)
                 h = _gelu_tanh(y.to(tl.float32), tl.bfloat16, HW_CVT)
                 inv = tl.math.div_rn(tl.full([BLOCK_M], 1.0, tl.float32),
                                      tl.load(qs_ptr + rows, mask=rmask, other=1.0))
@@ -192,17 +147,24 @@ def _num_sms(device: torch.device) -> int:
     return _NUM_SMS[idx]
 
 
-# Fixed launch configurations by epilogue (measured in bench/experiments/fp8_gemm_ab.py on an H200); no autotuning,
-# so one shape always runs one code and repeats its bits.
-DEFAULT_CONFIG = dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=128, GROUP_M=8, num_stages=3, num_warps=8, FLATTEN=True)
-CONFIGS = {STORE: DEFAULT_CONFIG, GELU_QUANT: DEFAULT_CONFIG, GELU_QUANT_ROWS: DEFAULT_CONFIG,
-           RESIDUAL: dict(DEFAULT_CONFIG, BLOCK_N=128, num_stages=4)}
+# Fixed launch configurations (bench/experiments/fp8_gemm_ab.py on an H100; times at the 1.3B / 14B shapes); no
+# autotuning, so one shape always runs one code and repeats its bits. 128 x 256 x 128 tiles, 8 warps, grouped tile
+# order over 8 row-tiles; `FLATTEN` (one software pipeline across tiles) helps the store epilogues, but costs the
+# residual epilogue's extra tile of shared memory more than it gains.
+_FP8_TILE = dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=128, GROUP_M=8, num_warps=8)
+CONFIGS = {
+    (STORE, "fp8"): dict(_FP8_TILE, num_stages=3, FLATTEN=True),  # 0.131 / 2.689 ms (cuBLAS 0.125 / 2.852)
+    (GELU_QUANT_ROWS, "fp8"): dict(_FP8_TILE, num_stages=4, FLATTEN=True),  # 0.974 / 8.847 (cuBLAS + kernel 1.144 / 9.171)
+    (RESIDUAL, "fp8"): dict(_FP8_TILE, num_stages=3, FLATTEN=False),  # 0.665 / 7.635 (cuBLAS + kernel 0.778 / 8.568)
+    (STORE, "bf16"): dict(_FP8_TILE, BLOCK_K=64, num_stages=3, FLATTEN=True),  # 0.220 / 5.024 (cuBLAS 0.207 / 5.228)
+    (RESIDUAL, "bf16"): dict(_FP8_TILE, BLOCK_N=128, BLOCK_K=64, num_stages=4, FLATTEN=True),  # 0.282 / 5.955 (0.311 / 6.106)
+}
 
 
-def gemm_config(epilogue: int, N: int, K: int) -> dict:
-    """The launch configuration for an epilogue and shape (a pure function: same shape, same code, same bits)."""
-    cfg = dict(CONFIGS[epilogue])
-    if N % 256 and cfg["BLOCK_N"] == 256:
+def gemm_config(epilogue: int, dtype: torch.dtype, N: int) -> dict:
+    """The launch configuration for an epilogue, operand dtype and width (a pure function: same shape, same code)."""
+    cfg = dict(CONFIGS[epilogue, "fp8" if dtype == FP8_DTYPE else "bf16"])
+    if N % cfg["BLOCK_N"]:
         cfg["BLOCK_N"] = 128
     return cfg
 
@@ -222,15 +184,11 @@ def _launch(a, a_scale, w, w_scale, bias, epilogue, *, a_mode, out, res=None, ga
     N = w.shape[0]
     if w.shape[1] != K:
         raise ValueError(f"GEMM: A is [{M}, {K}] but the weight is {tuple(w.shape)}")
-    cfg = dict(config or gemm_config(epilogue, N, K))
+    cfg = dict(config or gemm_config(epilogue, a.dtype, N))
     bm, bn, bk = cfg.pop("BLOCK_M"), cfg.pop("BLOCK_N"), cfg.pop("BLOCK_K")
-    if a_mode == GROUPED and bk != GROUP:
-        raise ValueError(f"grouped activation scales need BLOCK_K = {GROUP}")
-    if epilogue == GELU_QUANT and (N % GROUP or bn not in (128, 256)):
-        raise ValueError(f"GELU + grouped quantization needs N % {GROUP} == 0 and BLOCK_N 128 or 256, got N={N}")
     a_desc = TensorDescriptor.from_tensor(a, [bm, bk])
     b_desc = TensorDescriptor.from_tensor(w, [bn, bk])
-    out_desc = TensorDescriptor.from_tensor(out, [bm, 128 if epilogue == GELU_QUANT else bn])
+    out_desc = TensorDescriptor.from_tensor(out, [bm, bn])
     res_desc = TensorDescriptor.from_tensor(res, [bm, bn]) if res is not None else out_desc
     dummy = torch.empty(1, device=a.device, dtype=torch.float32)
     tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
@@ -251,17 +209,9 @@ def _scale_mode(a: torch.Tensor, a_scale: torch.Tensor | None) -> int:
         return NO_SCALE
     if a_scale is None:
         raise ValueError("fp8 activations need their scales")
-    return ROWWISE if a_scale.dim() == 1 else GROUPED
-
-
-def fp8_matmul_gelu_quant_triton(xq, xs, w, w_scale, bias=None, *, config=None):
-    """FFN up projection + GELU + 1x128 quantization in one kernel: (codes [M, N] e4m3fn, scales [N/128, M] fp32),
-    ready for `matmul_residual_triton` with grouped scales. xs: [M] (per token) or [K/128, M] (grouped)."""
-    M, N = xq.shape[0], w.shape[0]
-    hq = torch.empty((M, N), dtype=FP8_DTYPE, device=xq.device)
-    hs = torch.empty((N // GROUP, M), dtype=torch.float32, device=xq.device)
-    _launch(xq, xs, w, w_scale, bias, GELU_QUANT, a_mode=_scale_mode(xq, xs), out=hq, qs=hs, config=config)
-    return hq, hs
+    if a_scale.dim() != 1:
+        raise ValueError(f"fp8 activations take one scale per row, got scales of shape {tuple(a_scale.shape)}")
+    return ROWWISE
 
 
 def ffn_hidden_scales(xs: torch.Tensor, w_l1_max: float, b_abs_max: float) -> torch.Tensor:
@@ -290,7 +240,7 @@ def fp8_matmul_gelu_quant_rows_triton(xq, xs, w, w_scale, bias, hs, *, config=No
 
 
 def matmul_triton(a, a_scale, w, w_scale=None, bias=None, *, config=None):
-    """a @ w^T (+ bias) -> bf16 [M, N]; a fp8 with row or group scales (w fp8 + row scales), or a and w bf16."""
+    """a @ w^T (+ bias) -> bf16 [M, N]; a fp8 with row scales (w fp8 + row scales), or a and w bf16."""
     out = torch.empty((a.shape[0], w.shape[0]), dtype=torch.bfloat16, device=a.device)
     _launch(a, a_scale, w, w_scale, bias, STORE, a_mode=_scale_mode(a, a_scale), out=out, config=config)
     return out
@@ -313,6 +263,6 @@ def matmul_residual_triton(a, a_scale, w, w_scale, bias, residual, gate=None, to
 
 
 __all__ = [
-    "GROUP", "ffn_hidden_scales", "fp8_matmul_gelu_quant_rows_triton", "fp8_matmul_gelu_quant_triton", "fp8_matmul_grouped_emulated", "gemm_config", "matmul_residual_triton",
-    "matmul_triton", "quantize_gelu_groups_fp8_ref", "quantize_gelu_rows_fp8_ref", "quantize_groups_fp8_ref", "residual_ref", "use_triton_gemm", "weight_row_l1_max",
+    "ffn_hidden_scales", "fp8_matmul_gelu_quant_rows_triton", "gemm_config", "matmul_residual_triton", "matmul_triton",
+    "quantize_gelu_rows_fp8_ref", "residual_ref", "use_triton_gemm", "weight_row_l1_max",
 ]

@@ -34,7 +34,6 @@ from torch import nn
 from kernels.fp8_gemm import (
     ffn_hidden_scales,
     fp8_matmul_gelu_quant_rows_triton,
-    fp8_matmul_gelu_quant_triton,
     matmul_residual_triton,
     use_triton_gemm,
     weight_row_l1_max,
@@ -356,26 +355,16 @@ class FeedForward(nn.Sequential):
             self._hidden_bound = bound
         return bound
 
-    def add_gated_(self, x: torch.Tensor | Fp8Rows, residual: torch.Tensor, gate: torch.Tensor,
-                   mode: str = "groups") -> torch.Tensor:
-        """residual += FFN(x) * gate in place (only when `fuses_epilogues`): the up projection's epilogue applies
-        the GELU and writes the hidden activation as fp8 (it never exists in bf16), then the down projection.
-
-        mode "groups": the hidden activation in 1 x 128 groups; the down GEMM reads the group scales in its K loop
-        and adds its gated output to the stream. "rows": per-token scales bounded before the GEMM
-        (`ffn_hidden_scales`); the down GEMM (Triton) adds the gated residual. "rows-cublas": the same hidden, the
-        down projection by cuBLAS, then `gated_residual`."""
+    def add_gated_(self, x: torch.Tensor | Fp8Rows, residual: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """residual += FFN(x) * gate in place, by two Triton GEMMs (only when `fuses_epilogues`): the up projection's
+        epilogue applies the GELU and writes the hidden activation as fp8 with per-token scales bounded before the
+        GEMM (`ffn_hidden_scales`; it never exists in bf16), the down projection's epilogue adds its gated output
+        to the stream."""
         up, down = self[0], self[2]
         rows = fp8_rows(x)
+        hs = ffn_hidden_scales(rows.scale, *self.hidden_bound())
+        hq = fp8_matmul_gelu_quant_rows_triton(rows.q, rows.scale, up.weight, up.weight_scale, up.bias, hs)
         N = down.out_features
-        if mode == "groups":
-            hq, hs = fp8_matmul_gelu_quant_triton(rows.q, rows.scale, up.weight, up.weight_scale, up.bias)
-        else:
-            hs = ffn_hidden_scales(rows.scale, *self.hidden_bound())
-            hq = fp8_matmul_gelu_quant_rows_triton(rows.q, rows.scale, up.weight, up.weight_scale, up.bias, hs)
-        if mode == "rows-cublas":
-            y = down.forward_quantized(hq, hs).view(residual.shape)
-            return gated_residual(residual, y, gate, out=residual)
         matmul_residual_triton(hq, hs, down.weight, down.weight_scale, down.bias, residual.view(-1, N), gate,
                                residual.shape[1])
         return residual
@@ -394,7 +383,7 @@ class Block(nn.Module):
         self.norm2 = LayerNorm(dim, cfg.eps, elementwise_affine=False)
         self.ffn = FeedForward(dim, cfg.ffn_dim)
         self.modulation = nn.Parameter(torch.zeros(1, 6, dim))
-        self.fused_epilogues = False  # see forward_fused; WanDiT.set_fused_epilogues switches every block
+        self.fused_epilogues = True  # see forward_fused; WanDiT.set_fused_epilogues switches every block
 
     def forward(self, x, e6, context, rope):
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (self.modulation.float() + e6).chunk(6, dim=1)
@@ -425,7 +414,7 @@ class Block(nn.Module):
             x.add_(ca.o(a))
         y = modulated_input(x, shift_ff, scale_ff, eps, quantize_in_norm(ffn[0], ffn[2]))
         if fuse and ffn.fuses_epilogues(x):
-            return ffn.add_gated_(y, x, gate_ff, mode=fuse if isinstance(fuse, str) else "groups")
+            return ffn.add_gated_(y, x, gate_ff)
         return gated_residual(x, ffn.forward_fused(y), gate_ff, out=x)
 
 
@@ -474,12 +463,11 @@ class WanDiT(nn.Module):
             block.self_attn.attn_op.backend = backend
             block.self_attn.attn_op.topk = float(topk)
 
-    def set_fused_epilogues(self, on: bool | str) -> None:
+    def set_fused_epilogues(self, on: bool) -> None:
         """Run residual adds (and the FFN's GELU + quantization) inside the GEMMs' epilogues where the kernels
-        allow it (off: cuBLAS GEMMs followed by the elementwise kernels). A string picks the FFN's hidden
-        quantization (`FeedForward.add_gated_`'s mode); True means "groups"."""
+        allow it (on by default; off: cuBLAS GEMMs followed by the elementwise kernels, for comparisons)."""
         for block in self.blocks:
-            block.fused_epilogues = on if isinstance(on, str) else bool(on)
+            block.fused_epilogues = bool(on)
 
     def rope(self, grid: tuple[int, int, int], device) -> torch.Tensor:
         """Complex RoPE table of the torch path, built once per (grid, device)."""
