@@ -214,14 +214,14 @@ def _scale_mode(a: torch.Tensor, a_scale: torch.Tensor | None) -> int:
     return ROWWISE
 
 
-def ffn_hidden_scales(xs: torch.Tensor, w_l1_max: float, b_abs_max: float) -> torch.Tensor:
+def ffn_hidden_scales(xs: torch.Tensor, w_l1_max: torch.Tensor | float, b_abs_max: torch.Tensor | float) -> torch.Tensor:
     """Per-token fp8 scales for GELU(x W^T + b) known before the GEMM: a bound on each row's amax over 448.
 
     |x . w_j + b_j| <= 448 xs * max_j ||w_j||_1 + max_j |b_j| (|codes| <= 448; w_l1_max over the dequantized
     weight rows) and |GELU(h)| <= |h|, padded by 2^-6 for the GEMM's and bf16's rounding, so no code ever clamps.
     The bound overshoots the true amax (~40x on Gaussian rows), which only moves values e4m3 could not keep anyway
-    into subnormals: e4m3's relative step is the same across its normal range (measured on random FFN rows: 2.65%
-    relative L2 against 2.65% with the exact amax). In exchange the up projection's epilogue quantizes without
+    into subnormals: e4m3's relative step is the same across its normal range (measured through the down
+    projection at the Wan shapes: 2.67% relative L2 against 2.66% with the exact amax). In exchange the up projection's epilogue quantizes without
     seeing the whole row, and the down projection keeps cuBLAS's row-wise GEMM."""
     return (xs * (448.0 * w_l1_max) + b_abs_max) * ((1.0 + 2.0**-6) / 448.0)
 

@@ -270,3 +270,15 @@ def test_gpu_the_real_size_1_3b_dit_in_default_fp8_stays_within_3_percent_of_bf1
         out, again = m(x, t, ctx), m(x, t, ctx)
     assert torch.isfinite(out).all() and torch.equal(out, again)
     assert rel_l2(out, ref) <= 3e-2
+
+
+def test_the_ffn_hidden_bound_is_recomputed_when_the_up_projection_weights_change():
+    from kernels.fp8_gemm import weight_row_l1_max
+
+    m = quantize_linears_(random_dit(tiny_config(), seed=3, dtype=torch.bfloat16).eval())
+    ffn = m.blocks[0].ffn
+    first = ffn.hidden_bound()
+    assert ffn.hidden_bound()[0] is first[0]  # cached
+    ffn[0].weight_scale.mul_(2)  # an in-place reload of the scales (as load_state_dict does) bumps their version
+    assert torch.equal(ffn.hidden_bound()[0], weight_row_l1_max(ffn[0].weight, ffn[0].weight_scale))
+    assert not torch.equal(ffn.hidden_bound()[0], first[0])

@@ -343,16 +343,18 @@ class FeedForward(nn.Sequential):
         return all_fp8(self[0], self[2]) and fuses_epilogue(x, self[0], self[2])
 
     def hidden_bound(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(max_j ||w_j||_1, max_j |b_j|) of the up projection (0-dim fp32), for `ffn_hidden_scales`; cached
-        outside CUDA graph capture (the graph's warm-up runs eagerly first)."""
-        cached = getattr(self, "_hidden_bound", None)
-        if cached is not None and cached[0].device == self[0].weight.device:
-            return cached
+        """(max_j ||w_j||_1, max_j |b_j|) of the up projection (0-dim fp32), for `ffn_hidden_scales`. Cached per
+        weight storage and version (a reload or a move recomputes it), and never from inside a CUDA graph capture
+        (the graph's warm-up runs eagerly first)."""
         up = self[0]
+        key = tuple((t.data_ptr(), t._version) for t in (up.weight, up.weight_scale, up.bias) if t is not None)
+        cached = getattr(self, "_hidden_bound", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
         bias = up.bias.abs().max().float() if up.bias is not None else torch.zeros((), device=up.weight.device)
         bound = (weight_row_l1_max(up.weight, up.weight_scale), bias)
         if not (up.weight.is_cuda and torch.cuda.is_current_stream_capturing()):
-            self._hidden_bound = bound
+            self._hidden_bound = (key, bound)
         return bound
 
     def add_gated_(self, x: torch.Tensor | Fp8Rows, residual: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
