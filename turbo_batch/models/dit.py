@@ -168,7 +168,7 @@ def project(x: torch.Tensor | Fp8Rows, *linears: nn.Module) -> list[torch.Tensor
             raise TypeError("project: fp8 rows can only feed FP8Linear layers")
         return [m.forward_quantized(x.q, x.scale).to(x.dtype).view(*x.shape[:-1], m.out_features) for m in linears]
     if len(linears) > 1 and all_fp8(*linears):
-        return project(Fp8Rows(*quantize_per_token_fp8(x.reshape(-1, x.shape[-1])), x.shape, x.dtype), *linears)
+        return project(fp8_rows(x), *linears)
     return [m(x) for m in linears]
 
 
