@@ -30,6 +30,8 @@ from kernels.fp8_linear import (
     gelu_tanh_ref,
 )
 
+from kernels.gemm_gluon import gluon_gemm_ok, launch_gluon_gemm
+
 try:
     import triton
     import triton.language as tl
@@ -83,7 +85,7 @@ if triton is not None:
         M, N, K, L,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
         NUM_SMS: tl.constexpr, A_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, EPILOGUE: tl.constexpr,
-        HAS_GATE: tl.constexpr, HW_CVT: tl.constexpr, FLATTEN: tl.constexpr,
+        HAS_GATE: tl.constexpr, HW_CVT: tl.constexpr, FLATTEN: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
     ):
         """NUM_SMS persistent programs walk the output tiles; each tile's K loop streams A [BM, BK] and B [BN, BK]
         tiles through TMA (B is the weight, [N, K] K-major, as wgmma wants it), then runs the epilogue in registers.
@@ -92,7 +94,8 @@ if triton is not None:
         num_pid_m = tl.cdiv(M, BLOCK_M)
         num_pid_n = tl.cdiv(N, BLOCK_N)
         k_tiles = tl.cdiv(K, BLOCK_K)
-        for tile_id in tl.range(start, num_pid_m * num_pid_n, NUM_SMS, flatten=FLATTEN):
+        for tile_id in tl.range(start, num_pid_m * num_pid_n, NUM_SMS, flatten=FLATTEN,
+                                warp_specialize=WARP_SPECIALIZE):
             pid_m, pid_n = _tile_of(tile_id, num_pid_m, num_pid_n, GROUP_M)
             off_m = pid_m * BLOCK_M
             off_n = pid_n * BLOCK_N
@@ -169,6 +172,16 @@ def gemm_config(epilogue: int, dtype: torch.dtype, N: int) -> dict:
     return cfg
 
 
+# Which (epilogue, operand kind) run as the ping-pong Gluon kernel (kernels/gemm_gluon.py) on Hopper where it takes
+# the shape (`gluon_gemm_ok`); the rest run the Triton kernel above. `set_gluon_gemms` changes it (benchmarks).
+GLUON_DEFAULT = {key: False for key in CONFIGS}
+
+
+def set_gluon_gemms(on: bool | dict) -> None:
+    """Route every (epilogue, kind) to the Gluon kernel (True), none (False), or as a {(epilogue, kind): bool} map."""
+    GLUON_DEFAULT.update(on if isinstance(on, dict) else {key: bool(on) for key in GLUON_DEFAULT})
+
+
 def use_triton_gemm(t: torch.Tensor) -> bool:
     """The Triton GEMMs need Hopper (wgmma fp8, TMA) or the interpreter."""
     if triton is None:
@@ -180,19 +193,28 @@ def use_triton_gemm(t: torch.Tensor) -> bool:
 
 def _launch(a, a_scale, w, w_scale, bias, epilogue, *, a_mode, out, res=None, gate=None, L=1, qs=None,
             config=None):
+    """Run one GEMM + epilogue. `config`: a Triton launch configuration, or {"GLUON": True} for the Gluon kernel
+    (default: GLUON_DEFAULT for this epilogue and operand kind, then `gemm_config`)."""
     M, K = a.shape
     N = w.shape[0]
     if w.shape[1] != K:
         raise ValueError(f"GEMM: A is [{M}, {K}] but the weight is {tuple(w.shape)}")
-    cfg = dict(config or gemm_config(epilogue, a.dtype, N))
+    kind = "fp8" if a.dtype == FP8_DTYPE else "bf16"
+    gluon = config.get("GLUON", False) if config else GLUON_DEFAULT[epilogue, kind]
+    if gluon and gluon_gemm_ok(a, w, out, gate, L):
+        launch_gluon_gemm(a, a_scale, w, w_scale, bias, epilogue, a_mode=a_mode, out=out, res=res, gate=gate, L=L,
+                          qs=qs, num_sms=_num_sms(a.device))
+        return
+    cfg = dict(config if config and "BLOCK_M" in config else gemm_config(epilogue, a.dtype, N))
     bm, bn, bk = cfg.pop("BLOCK_M"), cfg.pop("BLOCK_N"), cfg.pop("BLOCK_K")
+    cfg.pop("GLUON", None)
     a_desc = TensorDescriptor.from_tensor(a, [bm, bk])
     b_desc = TensorDescriptor.from_tensor(w, [bn, bk])
     out_desc = TensorDescriptor.from_tensor(out, [bm, bn])
     res_desc = TensorDescriptor.from_tensor(res, [bm, bn]) if res is not None else out_desc
     dummy = torch.empty(1, device=a.device, dtype=torch.float32)
     tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
-    grid = (max(1, min(_num_sms(a.device), tiles)),)
+    grid = (max(1, min(_num_sms(a.device) * cfg.pop("PROGRAMS_PER_SM", 1), tiles)),)
     _gemm_kernel[grid](
         a_desc, b_desc, out_desc, res_desc,
         a_scale if a_scale is not None else dummy, w_scale if w_scale is not None else dummy,
@@ -200,7 +222,7 @@ def _launch(a, a_scale, w, w_scale, bias, epilogue, *, a_mode, out, res=None, ga
         M, N, K, L,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg.pop("GROUP_M"), NUM_SMS=grid[0], A_SCALE=a_mode,
         HAS_BIAS=bias is not None, EPILOGUE=epilogue, HAS_GATE=gate is not None, HW_CVT=a.is_cuda,
-        FLATTEN=cfg.pop("FLATTEN"), enable_fp_fusion=True, **cfg,
+        FLATTEN=cfg.pop("FLATTEN"), WARP_SPECIALIZE=cfg.pop("WARP_SPECIALIZE", False), enable_fp_fusion=True, **cfg,
     )
 
 

@@ -44,9 +44,28 @@ TILE = dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=128, GROUP_M=8, num_warps=8)
 SWEEP_FP8 = {"128x256x128 s3 flat": dict(TILE, num_stages=3, FLATTEN=True),
              "128x256x128 s3": dict(TILE, num_stages=3, FLATTEN=False),
              "128x256x128 s4 flat": dict(TILE, num_stages=4, FLATTEN=True),
-             "128x128x128 s4 flat": dict(TILE, BLOCK_N=128, num_stages=4, FLATTEN=True)}
+             "128x128x128 s4 flat": dict(TILE, BLOCK_N=128, num_stages=4, FLATTEN=True),
+             # epilogue overlap by occupancy: two programs per SM, one's epilogue under the other's MMAs
+             "128x128x128 w4 s3 2/SM": dict(TILE, BLOCK_N=128, num_warps=4, num_stages=3, FLATTEN=True,
+                                            PROGRAMS_PER_SM=2),
+             "128x128x128 w4 s2 2/SM": dict(TILE, BLOCK_N=128, num_warps=4, num_stages=2, FLATTEN=True,
+                                            PROGRAMS_PER_SM=2),
+             "128x128x128 w8 s3 2/SM": dict(TILE, BLOCK_N=128, num_stages=3, FLATTEN=True, PROGRAMS_PER_SM=2),
+             "64x256x128 w4 s3 2/SM": dict(TILE, BLOCK_M=64, num_warps=4, num_stages=3, FLATTEN=True,
+                                           PROGRAMS_PER_SM=2),
+             # ... and by Triton's warp specialization (Hopper: Triton >= 3.5), loads in their own warps
+             "128x256x128 s3 ws": dict(TILE, num_stages=3, FLATTEN=False, WARP_SPECIALIZE=True),
+             "128x256x128 s4 ws": dict(TILE, num_stages=4, FLATTEN=False, WARP_SPECIALIZE=True),
+             "128x128x128 s4 ws": dict(TILE, BLOCK_N=128, num_stages=4, FLATTEN=False, WARP_SPECIALIZE=True),
+             "128x128x128 w4 s3 ws": dict(TILE, BLOCK_N=128, num_warps=4, num_stages=3, FLATTEN=False,
+                                          WARP_SPECIALIZE=True)}
 SWEEP_BF16 = {"128x256x64 s3 flat": dict(TILE, BLOCK_K=64, num_stages=3, FLATTEN=True),
-              "128x128x64 s4 flat": dict(TILE, BLOCK_N=128, BLOCK_K=64, num_stages=4, FLATTEN=True)}
+              "128x128x64 s4 flat": dict(TILE, BLOCK_N=128, BLOCK_K=64, num_stages=4, FLATTEN=True),
+              "128x128x64 w4 s4 2/SM": dict(TILE, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=4, FLATTEN=True,
+                                            PROGRAMS_PER_SM=2),
+              "128x256x64 s4 ws": dict(TILE, BLOCK_K=64, num_stages=4, FLATTEN=False, WARP_SPECIALIZE=True),
+              "128x128x64 s4 ws": dict(TILE, BLOCK_N=128, BLOCK_K=64, num_stages=4, FLATTEN=False,
+                                       WARP_SPECIALIZE=True)}
 
 
 def bench(fn, rep):
@@ -71,7 +90,9 @@ def attempt(name, fn, rep, flops, check=None):
 
 
 def configs(sweep, table):
-    return {"default": None, **(table if sweep else {})}
+    """The default route, both kernels by name (the Gluon ping-pong kernel: kernels/gemm_gluon.py), and with
+    --sweep the Triton configurations that were measured to pick `gemm_config`."""
+    return {"default": None, "triton": {"GLUON": False}, "gluon": {"GLUON": True}, **(table if sweep else {})}
 
 
 def main():

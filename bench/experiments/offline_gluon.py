@@ -1,0 +1,70 @@
+"""Compile the Gluon GEMM (kernels/gemm_gluon.py) for sm_90 on a machine without a GPU and summarise its resources.
+
+    PYTHONPATH=/path/to/triton-3.6 python bench/experiments/offline_gluon.py [--epilogue 0|1|2] [--bf16]
+
+Arguments are built as the launcher builds them (CPU tensors stand in for device memory), so the signature matches
+what the GPU compiles; prints shared memory, registers per partition budget and spill stack, so a kernel that
+cannot compile or spills is caught before any GPU time is spent. Use the device's Triton version (3.6): Gluon's API
+moves between releases.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.experimental.gluon._runtime import GluonASTSource  # noqa: E402
+from triton.runtime.jit import mangle_type  # noqa: E402
+
+from bench.experiments.offline_sass import cuobjdump  # noqa: E402
+from kernels import gemm_gluon as gg  # noqa: E402
+from kernels.fp8_linear import FP8_DTYPE  # noqa: E402
+
+
+def compile_sm90(fn, args: dict, constexprs: dict, options: dict):
+    sig = {name: ("constexpr" if name in constexprs else mangle_type(args[name])) for name in fn.arg_names}
+    div16 = [n for n in fn.arg_names if sig[n].startswith("*")]
+    attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in div16}
+    src = GluonASTSource(fn, sig, constexprs, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--epilogue", type=int, default=1)
+    ap.add_argument("--bf16", action="store_true", help="bf16 operands (the o projections)")
+    ap.add_argument("--gate", action="store_true")
+    ap.add_argument("--ptx", help="write the PTX here")
+    args = ap.parse_args()
+    M, N, K = 32760, 1536 if args.epilogue != 1 else 8960, 1536
+    dt = torch.bfloat16 if args.bf16 else FP8_DTYPE
+    cfg = gg.GLUON_GEMM
+    bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], 64 if args.bf16 else 128
+    a, w = torch.empty(M, K, dtype=dt), torch.empty(N, K, dtype=dt)
+    out = torch.empty(M, N, dtype=FP8_DTYPE if args.epilogue == 1 else torch.bfloat16)
+    f32 = torch.empty(4, dtype=torch.float32)
+    kargs = dict(a_desc=gg.descriptor(a, [bm, bk]), b_desc=gg.descriptor(w, [bn, bk]),
+                 out_desc=gg.descriptor(out, [bm, bn]), res_desc=gg.descriptor(out, [bm, bn]),
+                 a_scale_ptr=f32, b_scale_ptr=f32, bias_ptr=torch.empty(4, dtype=torch.bfloat16),
+                 gate_ptr=torch.empty(4, dtype=torch.bfloat16), qs_ptr=f32, M=M, N=N, K=K, L=M)
+    consts = dict(GROUP_M=cfg["GROUP_M"], STAGES=cfg["STAGES"], A_SCALE=0 if args.bf16 else 1, HAS_BIAS=True,
+                  EPILOGUE=args.epilogue, HAS_GATE=args.gate, CONSUMER_REGS=cfg["consumer_regs"])
+    compiled = compile_sm90(gg._gemm_gluon_kernel, kargs, consts, dict(num_warps=cfg["num_warps"]))
+    usage = cuobjdump(compiled.asm["cubin"], "-res-usage")
+    print(f"triton {triton.__version__}: epilogue {args.epilogue} {'bf16' if args.bf16 else 'fp8'}: shared "
+          f"{compiled.metadata.shared // 1024} KB, " + " ".join(re.findall(r"(?:REG|STACK):\d+", usage)))
+    ptx = compiled.asm["ptx"]
+    print("setmaxnreg:", sorted(set(re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32 (\d+)", ptx))),
+          "| local (spill) ld/st in PTX:", len(re.findall(r"\b(?:ld|st)\.local", ptx)))
+    if args.ptx:
+        Path(args.ptx).write_text(ptx)
+
+
+if __name__ == "__main__":
+    main()
