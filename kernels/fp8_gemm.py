@@ -19,8 +19,14 @@ Numerics (the float32 references below are the specification; CPU paths use them
 The GEMM sums in its own fixed order (not cuBLAS's), so y is within fp32 rounding of `_scaled_mm`'s, not its bits.
 Deterministic: a fixed configuration per epilogue and dtype (`gemm_config`, no autotuning), no atomics, no split-K;
 a tile's result depends on neither the tile shape nor the number of SMs.
+
+On Hopper the epilogues that cost most (GELU + quantization, the bf16 gated residual) run the same math as a
+ping-pong warp-specialized Gluon kernel (kernels/gemm_gluon.py), which hides a tile's epilogue under the next
+tile's MMAs; `GLUON_DEFAULT` says which, `_launch` routes.
 """
 from __future__ import annotations
+
+import warnings
 
 import torch
 
@@ -174,7 +180,23 @@ def gemm_config(epilogue: int, dtype: torch.dtype, N: int) -> dict:
 
 # Which (epilogue, operand kind) run as the ping-pong Gluon kernel (kernels/gemm_gluon.py) on Hopper where it takes
 # the shape (`gluon_gemm_ok`); the rest run the Triton kernel above. `set_gluon_gemms` changes it (benchmarks).
-GLUON_DEFAULT = {key: False for key in CONFIGS}
+# Measured on an H100 (bench/experiments/fp8_gemm_ab.py, same run), 1.3B / 14B shapes: the epilogues that cost
+# most win, since they now run under the other consumer's MMAs: FFN up + GELU + quant 0.901 / 8.325 ms against
+# Triton 0.993 / 8.689; bf16 o + gated residual 0.253 / 6.156 against 0.289 / 6.372. The plain store (0.173 vs 0.131
+# ms) and the fp8 residual (0.733 vs 0.681-0.716) lose: there the 128 x 128 consumer tile's mainloop (two m64n128
+# wgmmas per K step, B read from shared memory twice) is slower than the Triton kernel's 128 x 256 tile.
+GLUON_DEFAULT = {key: key in ((GELU_QUANT_ROWS, "fp8"), (RESIDUAL, "bf16")) for key in CONFIGS}
+
+
+_GLUON_FAILED = False
+
+
+def _gluon_failed(exc: Exception) -> None:
+    """The Gluon kernel did not compile or launch (it fails before it writes): use the Triton kernel from now on."""
+    global _GLUON_FAILED
+    _GLUON_FAILED = True
+    warnings.warn(f"fused GEMMs: the Gluon kernel failed with this Triton ({type(exc).__name__}: {exc}); using the "
+                  "Triton kernel from now on")
 
 
 def set_gluon_gemms(on: bool | dict) -> None:
@@ -200,11 +222,18 @@ def _launch(a, a_scale, w, w_scale, bias, epilogue, *, a_mode, out, res=None, ga
     if w.shape[1] != K:
         raise ValueError(f"GEMM: A is [{M}, {K}] but the weight is {tuple(w.shape)}")
     kind = "fp8" if a.dtype == FP8_DTYPE else "bf16"
-    gluon = config.get("GLUON", False) if config else GLUON_DEFAULT[epilogue, kind]
-    if gluon and gluon_gemm_ok(a, w, out, gate, L):
-        launch_gluon_gemm(a, a_scale, w, w_scale, bias, epilogue, a_mode=a_mode, out=out, res=res, gate=gate, L=L,
-                          qs=qs, num_sms=_num_sms(a.device))
-        return
+    forced = bool(config and config.get("GLUON"))
+    gluon = forced or (not config and GLUON_DEFAULT[epilogue, kind] and not _GLUON_FAILED)
+    if gluon and gluon_gemm_ok(a, w, out, gate, L, config):
+        try:
+            launch_gluon_gemm(a, a_scale, w, w_scale, bias, epilogue, a_mode=a_mode, out=out, res=res, gate=gate,
+                              L=L, qs=qs, num_sms=_num_sms(a.device),
+                              config={k: v for k, v in (config or {}).items() if k != "GLUON"})
+            return
+        except Exception as exc:  # noqa: BLE001 - a Triton whose Gluon differs: the Triton kernel, loudly
+            if forced:
+                raise
+            _gluon_failed(exc)
     cfg = dict(config if config and "BLOCK_M" in config else gemm_config(epilogue, a.dtype, N))
     bm, bn, bk = cfg.pop("BLOCK_M"), cfg.pop("BLOCK_N"), cfg.pop("BLOCK_K")
     cfg.pop("GLUON", None)

@@ -30,6 +30,9 @@ try:
         warpgroup_mma_wait,
     )
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+    # TMA copies under their Triton 3.6 names (the device's) or their later ones (async_load / async_store)
+    _tma_load = tma.async_load if hasattr(tma, "async_load") else tma.async_copy_global_to_shared
+    _tma_store = tma.async_store if hasattr(tma, "async_store") else tma.async_copy_shared_to_global
 except ImportError:  # pragma: no cover - Triton without Gluon: the Triton kernel runs instead
     gluon = None
 
@@ -72,8 +75,8 @@ if gluon is not None:
                 mbarrier.wait(empty.index(s), ((step // STAGES) & 1) ^ 1)  # a fresh barrier passes parity 1
                 bar = ready.index(s)
                 mbarrier.expect(bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes)
-                tma.async_copy_global_to_shared(a_desc, [pid_m * BLOCK_M, ki * BLOCK_K], bar, a_smem.index(s))
-                tma.async_copy_global_to_shared(b_desc, [pid_n * BLOCK_N, ki * BLOCK_K], bar, b_smem.index(s))
+                _tma_load(a_desc, [pid_m * BLOCK_M, ki * BLOCK_K], bar, a_smem.index(s))
+                _tma_load(b_desc, [pid_n * BLOCK_N, ki * BLOCK_K], bar, b_smem.index(s))
                 step += 1
 
     @gluon.jit
@@ -107,7 +110,7 @@ if gluon is not None:
             if EPILOGUE == 2:  # fetch the residual tile under the mainloop, once the last store has left c_smem
                 tma.store_wait(0)
                 mbarrier.expect(res_bar, res_desc.block_type.nbytes)
-                tma.async_copy_global_to_shared(res_desc, [off_m, off_n], res_bar, c_smem)
+                _tma_load(res_desc, [off_m, off_n], res_bar, c_smem)
             # wait for the turn: consumer 0's first tile goes at once (a fresh barrier passes parity 1)
             mbarrier.wait(turn.index(CID), (n & 1) ^ (1 - CID))
             step = (2 * n + CID) * k_tiles
@@ -154,7 +157,7 @@ if gluon is not None:
                     p = y.to(gl.float32)
                 c_smem.store((x + p).to(gl.bfloat16))
             fence_async_shared()
-            tma.async_copy_shared_to_global(out_desc, [off_m, off_n], c_smem)
+            _tma_store(out_desc, [off_m, off_n], c_smem)
             n += 1
         tma.store_wait(0)
 
@@ -204,11 +207,12 @@ def descriptor(t: torch.Tensor, block: list[int]):
     return TensorDescriptor.from_tensor(t, block, gl.NVMMASharedLayout.get_default_for(block, _gl_dtype(t.dtype)))
 
 
-def gluon_gemm_ok(a: torch.Tensor, w: torch.Tensor, out: torch.Tensor, gate=None, L: int = 1) -> bool:
-    """What this kernel takes: Gluon present, N a multiple of the 128-wide tile, TMA-aligned contiguous rows, and
-    with a gate, no tile across two batch items (one item, or items of whole tiles: L % BLOCK_M == 0)."""
-    return (gluon is not None and a.is_cuda and w.shape[0] % GLUON_GEMM["BLOCK_N"] == 0
-            and (gate is None or L >= a.shape[0] or L % GLUON_GEMM["BLOCK_M"] == 0)
+def gluon_gemm_ok(a: torch.Tensor, w: torch.Tensor, out: torch.Tensor, gate=None, L: int = 1, config=None) -> bool:
+    """What this kernel takes: Gluon present, N a multiple of the tile width, TMA-aligned contiguous rows, and with
+    a gate, no tile across two batch items (one item, or items of whole tiles: L % BLOCK_M == 0)."""
+    cfg = {**GLUON_GEMM, **(config or {})}
+    return (gluon is not None and a.is_cuda and w.shape[0] % cfg["BLOCK_N"] == 0
+            and (gate is None or L >= a.shape[0] or L % cfg["BLOCK_M"] == 0)
             and all(t.is_contiguous() and (t.shape[-1] * t.element_size()) % 16 == 0 for t in (a, w, out)))
 
 
@@ -231,4 +235,5 @@ def launch_gluon_gemm(a, a_scale, w, w_scale, bias, epilogue, *, a_mode, out, re
         M, N, K, L,
         GROUP_M=cfg["GROUP_M"], STAGES=cfg["STAGES"], A_SCALE=a_mode, HAS_BIAS=bias is not None, EPILOGUE=epilogue,
         HAS_GATE=gate is not None, CONSUMER_REGS=cfg["consumer_regs"], num_warps=cfg["num_warps"],
+        enable_fp_fusion=True,  # as the Triton kernel: a * scale + bias as one FMA (later Tritons default to off)
     )

@@ -20,8 +20,10 @@ import torch
 try:
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+    from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+    # TMA loads under their Triton 3.6 name (the device's) or their later one (async_load)
+    _tma_load = tma.async_load if hasattr(tma, "async_load") else tma.async_copy_global_to_shared
 except ImportError:  # pragma: no cover - Triton without Gluon (older than 3.5): the Triton kernel runs instead
     gluon = None
 
@@ -29,7 +31,10 @@ LOG2E = 1.4426950408889634
 # 2 stages of 128 keys (64 KB each) + the q tile (32 KB) + the linear branch's D x D matrix (32 KB): 192 KB, so one
 # program per SM, as for the Triton kernel. Registers: 240 per consumer thread (accumulator 64 + logits 64 + P 32),
 # the producer's warps get what is left (setmaxnreg).
-GLUON_ATTENTION = dict(stages=2, consumer_regs=240, num_warps=4, pingpong=False)
+GLUON_ATTENTION = dict(stages=2, consumer_regs=240, num_warps=4)
+# Measured and dropped (H100, bench/experiments/gluon_ab.py, session 12): FA3's ping-pong order between the two
+# consumers (P V_j and Q K_{j+1}^T issued together, asynchronously, in strict turns passed by an mbarrier pair) gave
+# the same bits but a slower kernel, 1.395 vs 1.339 ms at 1.3B 480p (commit 5281be2 has the code).
 
 
 def gluon_available() -> bool:
@@ -65,10 +70,10 @@ if gluon is not None:
         """TMA loads: the q tile, the linear branch's matrix, then both k-blocks of every step into the ring."""
         b, h, pid_m = _unit_of_program(programs_per_head, unit0, PIECES)
         mbarrier.expect(q_bar, BLOCK_M * D * 2)
-        tma.async_copy_global_to_shared(q_desc, [b * L + pid_m * BLOCK_M, h * D], q_bar, q_smem)
+        _tma_load(q_desc, [b * L + pid_m * BLOCK_M, h * D], q_bar, q_smem)
         if WITH_LINEAR and PIECES == 1:
             mbarrier.expect(kvw_bar, D * D * 2)
-            tma.async_copy_global_to_shared(kvw_desc, [(b * H + h) * D, 0], kvw_bar, kvw_smem)
+            _tma_load(kvw_desc, [(b * H + h) * D, 0], kvw_bar, kvw_smem)
         kept = KEPT + ((b * H + h).to(gl.int64) * programs_per_head + pid_m) * n_keep
         lo, hi, n_steps = _kept_range(n_keep, chunk, PIECES)
         row0 = b * L
@@ -82,46 +87,10 @@ if gluon is not None:
             start_b = gl.load(kept + gl.minimum(first + 1, hi - 1)) * BLOCK_N
             bar = ready.index(s)
             mbarrier.expect(bar, 4 * BLOCK_N * D * 2)
-            tma.async_copy_global_to_shared(k_desc, [row0 + start_a, col0], bar, k_smem.index(s).slice(0, BLOCK_N))
-            tma.async_copy_global_to_shared(k_desc, [row0 + start_b, col0], bar,
-                                            k_smem.index(s).slice(BLOCK_N, BLOCK_N))
-            tma.async_copy_global_to_shared(v_desc, [row0 + start_a, col0], bar, v_smem.index(s).slice(0, BLOCK_N))
-            tma.async_copy_global_to_shared(v_desc, [row0 + start_b, col0], bar,
-                                            v_smem.index(s).slice(BLOCK_N, BLOCK_N))
-
-    @gluon.jit
-    def _finish(acc, m_i, l_i, q_rows, kvw_smem, kvw_bar, O, KSUM, BIAS, PART_O, PART_LSE,
-                stride_ob, stride_ol, stride_oh, stride_ksum, L, b, h, pid_m, pid_bh, eps_over_len,
-                D: gl.constexpr, BLOCK_M: gl.constexpr, PIECES: gl.constexpr, WITH_LINEAR: gl.constexpr,
-                ROWS: gl.constexpr, CID: gl.constexpr):
-        """Normalize, then store a piece's partial and log-sum-exp, or add the linear branch and store the rows."""
-        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                           instr_shape=[16, D, 16])
-        a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
-        row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
-        col_o: gl.constexpr = gl.SliceLayout(0, o_layout)
-        dtype: gl.constexpr = q_rows.dtype
-        acc = acc / gl.convert_layout(l_i, row_o)[:, None]
-        rows = pid_m * BLOCK_M + CID * ROWS + gl.arange(0, ROWS, layout=row_o)
-        offs_d = gl.arange(0, D, layout=col_o)
-        if PIECES > 1:  # every row of a piece saw at least one real key, so l_i >= 1
-            slot = ((b * gl.num_programs(0) + gl.program_id(0)).to(gl.int64) * BLOCK_M + CID * ROWS
-                    + gl.arange(0, ROWS, layout=row_o))
-            gl.store(PART_O + slot[:, None] * D + offs_d[None, :], acc)
-            lse = gl.convert_layout(m_i + gl.log2(l_i), row_o)
-            gl.store(PART_LSE + slot, lse)
-        else:
-            if WITH_LINEAR:  # o_l = [(phi(q) * s) / (phi(q) . s + eps / L)] @ KVW + bias, see the Triton kernel
-                qf = q_rows.load(o_layout).to(gl.float32)
-                e = gl.exp2((qf - gl.max(qf, axis=1)[:, None]) * _LOG2E)
-                w = e * gl.load(KSUM + pid_bh.to(gl.int64) * stride_ksum + offs_d)[None, :]
-                denom = gl.sum(w, axis=1) + eps_over_len * gl.sum(e, axis=1)
-                mbarrier.wait(kvw_bar, 0)
-                acc = warpgroup_mma(gl.convert_layout((w / denom[:, None]).to(dtype), a_layout), kvw_smem, acc)
-                acc = acc + gl.load(BIAS + offs_d)[None, :]
-            o_ptrs = (O + b.to(gl.int64) * stride_ob + h * stride_oh + rows[:, None].to(gl.int64) * stride_ol
-                      + offs_d[None, :])
-            gl.store(o_ptrs, acc.to(dtype), mask=(rows < L)[:, None])
+            _tma_load(k_desc, [row0 + start_a, col0], bar, k_smem.index(s).slice(0, BLOCK_N))
+            _tma_load(k_desc, [row0 + start_b, col0], bar, k_smem.index(s).slice(BLOCK_N, BLOCK_N))
+            _tma_load(v_desc, [row0 + start_a, col0], bar, v_smem.index(s).slice(0, BLOCK_N))
+            _tma_load(v_desc, [row0 + start_b, col0], bar, v_smem.index(s).slice(BLOCK_N, BLOCK_N))
 
     @gluon.jit
     def _consumer(q_smem, k_smem, v_smem, kvw_smem, q_bar, kvw_bar, ready, empty,
@@ -179,85 +148,27 @@ if gluon is not None:
             mbarrier.arrive(empty.index(s), count=1)
             m_i = m_ij
 
-        _finish(acc, m_i, l_i, q_rows, kvw_smem, kvw_bar, O, KSUM, BIAS, PART_O, PART_LSE,
-                stride_ob, stride_ol, stride_oh, stride_ksum, L, b, h, pid_m, pid_bh, eps_over_len,
-                D, BLOCK_M, PIECES, WITH_LINEAR, ROWS, CID)
-
-    @gluon.jit
-    def _consumer_pingpong(q_smem, k_smem, v_smem, kvw_smem, q_bar, kvw_bar, ready, empty, turn,
-                           KEPT, O, KSUM, BIAS, PART_O, PART_LSE,
-                           stride_ob, stride_ol, stride_oh, stride_ksum,
-                           L, H, n_keep, qk_scale, eps_over_len, programs_per_head, unit0, chunk,
-                           D: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                           PIECES: gl.constexpr, WITH_LINEAR: gl.constexpr, ROWS: gl.constexpr,
-                           CID: gl.constexpr):
-        """`_consumer` with FA3's ping-pong schedule: the MMAs of one step's end and the next step's start (P V_j,
-        then Q K_{j+1}^T) are issued together, asynchronously, in strict turns with the other warpgroup (an
-        mbarrier pair passes the turn), so one warpgroup's softmax runs under the other's MMAs. Same bits as
-        `_consumer`: the same MMAs on the same operands, the same softmax arithmetic in the same order."""
-        KEYS: gl.constexpr = 2 * BLOCK_N
-        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                           instr_shape=[16, KEYS, 16])
-        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                           instr_shape=[16, D, 16])
-        a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
-        row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
-        col_s: gl.constexpr = gl.SliceLayout(0, s_layout)
-        row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
-        dtype: gl.constexpr = q_smem.dtype
-
-        b, h, pid_m = _unit_of_program(programs_per_head, unit0, PIECES)
-        pid_bh = b * H + h
-        kept = KEPT + (pid_bh.to(gl.int64) * programs_per_head + pid_m) * n_keep
-        lo, hi, n_steps = _kept_range(n_keep, chunk, PIECES)
-        q_rows = q_smem.slice(CID * ROWS, ROWS)
-
-        m_i = gl.full([ROWS], float("-inf"), gl.float32, layout=row_s)
-        l_i = gl.full([ROWS], 0.0, gl.float32, layout=row_s)
-        acc = gl.zeros([ROWS, D], gl.float32, layout=o_layout)
-        zero_s = gl.zeros([ROWS, KEYS], gl.float32, layout=s_layout)
-        mbarrier.wait(q_bar, 0)
-        last = hi - 1
-        last_ragged = (gl.load(kept + last) * BLOCK_N + BLOCK_N > L) & (hi == n_keep)
-        mask_last = last_ragged | ((hi - lo) % 2 == 1)
-        # turn k of this warpgroup (k = 0 .. n_steps): consumer 0's first turn passes at once
-        mbarrier.wait(turn.index(CID), 1 - CID)
-        mbarrier.wait(ready.index(0), 0)
-        qk = warpgroup_mma(q_rows, k_smem.index(0).permute((1, 0)), zero_s, use_acc=False)
-        mbarrier.arrive(turn.index(1 - CID), count=1)
-        for j in range(n_steps):
-            s = j % STAGES
-            if mask_last and j == n_steps - 1:
-                first = lo + 2 * j
-                cols = gl.arange(0, KEYS, layout=col_s)
-                start_a = gl.load(kept + first) * BLOCK_N
-                start_b = gl.load(kept + gl.minimum(first + 1, last)) * BLOCK_N
-                pos = gl.where(cols < BLOCK_N, start_a + cols, start_b + cols - BLOCK_N)
-                real = (pos < L) & ((cols < BLOCK_N) | (first + 1 <= last))
-                qk = gl.where(real[None, :], qk, float("-inf"))
-            m_ij = gl.maximum(m_i, gl.max(qk, axis=1) * qk_scale)
-            p = gl.exp2(qk * qk_scale - m_ij[:, None])
-            alpha = gl.exp2(m_i - m_ij)
-            l_i = l_i * alpha + gl.sum(p, axis=1)
-            acc = acc * gl.convert_layout(alpha, row_o)[:, None]
-            m_i = m_ij
-            p_op = gl.convert_layout(p.to(dtype), a_layout)
-            mbarrier.wait(turn.index(CID), ((j + 1) & 1) ^ (1 - CID))
-            acc_tok = warpgroup_mma(p_op, v_smem.index(s), acc, is_async=True)
-            if j + 1 < n_steps:
-                s_next = (j + 1) % STAGES
-                mbarrier.wait(ready.index(s_next), ((j + 1) // STAGES) & 1)
-                qk_tok = warpgroup_mma(q_rows, k_smem.index(s_next).permute((1, 0)), zero_s, use_acc=False,
-                                       is_async=True)
-                acc, qk = warpgroup_mma_wait(0, deps=[acc_tok, qk_tok])
-            else:
-                acc = warpgroup_mma_wait(0, deps=[acc_tok])
-            mbarrier.arrive(turn.index(1 - CID), count=1)
-            mbarrier.arrive(empty.index(s), count=1)
-
-        _finish(acc, m_i, l_i, q_rows, kvw_smem, kvw_bar, O, KSUM, BIAS, PART_O, PART_LSE,
-                stride_ob, stride_ol, stride_oh, stride_ksum, L, b, h, pid_m, pid_bh, eps_over_len,
-                D, BLOCK_M, PIECES, WITH_LINEAR, ROWS, CID)
+        acc = acc / gl.convert_layout(l_i, row_o)[:, None]
+        rows = pid_m * BLOCK_M + CID * ROWS + gl.arange(0, ROWS, layout=row_o)
+        offs_d = gl.arange(0, D, layout=col_o)
+        if PIECES > 1:  # every row of a piece saw at least one real key, so l_i >= 1
+            slot = ((b * gl.num_programs(0) + gl.program_id(0)).to(gl.int64) * BLOCK_M + CID * ROWS
+                    + gl.arange(0, ROWS, layout=row_o))
+            gl.store(PART_O + slot[:, None] * D + offs_d[None, :], acc)
+            lse = gl.convert_layout(m_i + gl.log2(l_i), row_o)
+            gl.store(PART_LSE + slot, lse)
+        else:
+            if WITH_LINEAR:  # o_l = [(phi(q) * s) / (phi(q) . s + eps / L)] @ KVW + bias, see the Triton kernel
+                qf = q_rows.load(o_layout).to(gl.float32)
+                e = gl.exp2((qf - gl.max(qf, axis=1)[:, None]) * _LOG2E)
+                w = e * gl.load(KSUM + pid_bh.to(gl.int64) * stride_ksum + offs_d)[None, :]
+                denom = gl.sum(w, axis=1) + eps_over_len * gl.sum(e, axis=1)
+                mbarrier.wait(kvw_bar, 0)
+                acc = warpgroup_mma(gl.convert_layout((w / denom[:, None]).to(dtype), a_layout), kvw_smem, acc)
+                acc = acc + gl.load(BIAS + offs_d)[None, :]
+            o_ptrs = (O + b.to(gl.int64) * stride_ob + h * stride_oh + rows[:, None].to(gl.int64) * stride_ol
+                      + offs_d[None, :])
+            gl.store(o_ptrs, acc.to(dtype), mask=(rows < L)[:, None])
 
     @gluon.jit
     def _sla_attention_gluon_kernel(
@@ -265,7 +176,7 @@ if gluon is not None:
         stride_ob, stride_ol, stride_oh, stride_ksum,
         L, H, n_keep, qk_scale, eps_over_len, programs_per_head, unit0, chunk,
         D: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-        PIECES: gl.constexpr, WITH_LINEAR: gl.constexpr, CONSUMER_REGS: gl.constexpr, PINGPONG: gl.constexpr,
+        PIECES: gl.constexpr, WITH_LINEAR: gl.constexpr, CONSUMER_REGS: gl.constexpr,
     ):
         """Grid (units or pieces, B), as `_sla_attention_kernel`. Partitions: TMA producer (default), 2 consumers."""
         dtype: gl.constexpr = q_desc.dtype
@@ -283,24 +194,6 @@ if gluon is not None:
         for i in gl.static_range(STAGES):
             mbarrier.init(ready.index(i), count=1)
             mbarrier.init(empty.index(i), count=2)  # one arrive per consumer warpgroup
-        if PINGPONG:
-            turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-            for i in gl.static_range(2):
-                mbarrier.init(turn.index(i), count=1)
-            gl.warp_specialize(
-                [(_producer, (q_desc, k_desc, v_desc, kvw_desc, q_smem, k_smem, v_smem, kvw_smem, q_bar, kvw_bar,
-                              ready, empty, KEPT, L, H, n_keep, programs_per_head, unit0, chunk,
-                              D, BLOCK_M, BLOCK_N, STAGES, PIECES, WITH_LINEAR)),
-                 (_consumer_pingpong, (q_smem, k_smem, v_smem, kvw_smem, q_bar, kvw_bar, ready, empty, turn,
-                                       KEPT, O, KSUM, BIAS, PART_O, PART_LSE, stride_ob, stride_ol, stride_oh,
-                                       stride_ksum, L, H, n_keep, qk_scale, eps_over_len, programs_per_head, unit0,
-                                       chunk, D, BLOCK_M, BLOCK_N, STAGES, PIECES, WITH_LINEAR, ROWS, 0)),
-                 (_consumer_pingpong, (q_smem, k_smem, v_smem, kvw_smem, q_bar, kvw_bar, ready, empty, turn,
-                                       KEPT, O, KSUM, BIAS, PART_O, PART_LSE, stride_ob, stride_ol, stride_oh,
-                                       stride_ksum, L, H, n_keep, qk_scale, eps_over_len, programs_per_head, unit0,
-                                       chunk, D, BLOCK_M, BLOCK_N, STAGES, PIECES, WITH_LINEAR, ROWS, 1))],
-                [4, 4], [CONSUMER_REGS, CONSUMER_REGS])
-            return
         gl.warp_specialize(
             [(_producer, (q_desc, k_desc, v_desc, kvw_desc, q_smem, k_smem, v_smem, kvw_smem, q_bar, kvw_bar, ready,
                           empty, KEPT, L, H, n_keep, programs_per_head, unit0, chunk,
@@ -352,5 +245,5 @@ def launch_gluon_attention(q, k, v, kept, kvw, k_sum_mean, bias, out, part_o, pa
             out.stride(0), out.stride(1), out.stride(2), k_sum_mean.stride(1),
             L, H, kept.shape[-1], qk_scale, eps_over_len, programs_per_head, unit0, chunk,
             D=D, BLOCK_M=block_q, BLOCK_N=block_k, STAGES=cfg["stages"], PIECES=pieces, WITH_LINEAR=with_linear,
-            CONSUMER_REGS=cfg["consumer_regs"], PINGPONG=cfg["pingpong"], num_warps=cfg["num_warps"],
+            CONSUMER_REGS=cfg["consumer_regs"], num_warps=cfg["num_warps"], enable_fp_fusion=True,
         )

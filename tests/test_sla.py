@@ -518,21 +518,3 @@ def test_gpu_sm90_runs_the_gluon_kernel_by_default_and_the_triton_kernel_when_a_
     with pytest.raises(ValueError, match="Gluon kernel needs"):
         sla.sla_sparse_attention(q.float(), k.float(), v.float(), *plan, kernel="gluon")
 
-
-@pytest.mark.gpu
-@gluon_gpu
-@pytest.mark.parametrize("B, L, H, topk", [(2, 4133, 4, 0.2), (1, 32760, 2, 0.1), (1, 1000, 2, 1.0)],
-                         ids=["ragged-batch-of-2-odd-count", "wan-1.3b-rows", "every-block-kept"])
-def test_gpu_the_ping_pong_schedule_gives_the_gluon_kernels_bits(B, L, H, topk):
-    """FA3's ping-pong order changes when MMAs are issued, not what they compute."""
-    q, k, v = make_qkv(B, L, H, 128, seed=6, dtype=torch.bfloat16, device="cuda")
-    plan = sla.sla_triton_plan(q, k, v, *make_proj(128, device="cuda"), topk)
-    before = dict(sla_gluon.GLUON_ATTENTION)
-    try:
-        for slots in (0, 5):
-            sla_gluon.GLUON_ATTENTION["pingpong"] = False
-            plain = sla.sla_sparse_attention(q, k, v, *plan, kernel="gluon", wave_slots=slots)
-            sla_gluon.GLUON_ATTENTION["pingpong"] = True
-            assert torch.equal(plain, sla.sla_sparse_attention(q, k, v, *plan, kernel="gluon", wave_slots=slots))
-    finally:
-        sla_gluon.GLUON_ATTENTION.update(before)

@@ -92,7 +92,9 @@ def attempt(name, fn, rep, flops, check=None):
 def configs(sweep, table):
     """The default route, both kernels by name (the Gluon ping-pong kernel: kernels/gemm_gluon.py), and with
     --sweep the Triton configurations that were measured to pick `gemm_config`."""
-    return {"default": None, "triton": {"GLUON": False}, "gluon": {"GLUON": True}, **(table if sweep else {})}
+    return {"default": None, "triton": {"GLUON": False}, "gluon": {"GLUON": True},
+            "gluon 64x256 s3": {"GLUON": True, "BLOCK_M": 64, "BLOCK_N": 256, "STAGES": 3},
+            **(table if sweep else {})}
 
 
 def main():

@@ -1,5 +1,4 @@
-"""The warp-specialized Gluon kernel (`kernels/sla_gluon.py`), plain and with its ping-pong schedule, against the
-Triton kernel, in one process.
+"""The warp-specialized Gluon kernel (`kernels/sla_gluon.py`) against the Triton kernel, in one process.
 
     python bench/experiments/gluon_ab.py [--shape 1,32760,12,128] [--rounds 7] [--check]
 
@@ -19,25 +18,16 @@ import torch
 from ab_attention import time_interleaved
 from bench_attention import make_inputs
 
-from kernels import sla, sla_gluon
-
-
-KERNELS = ("triton", "gluon", "gluon-pp")
+from kernels import sla
 
 
 def rel(a, b):
     return float((a.float() - b.float()).norm() / b.float().norm())
 
 
-def run(kernel, *args, **kw):
-    """The fused kernel by name: "triton", "gluon", or "gluon-pp" (the Gluon kernel's ping-pong schedule)."""
-    sla_gluon.GLUON_ATTENTION["pingpong"] = kernel == "gluon-pp"
-    return sla.sla_sparse_attention(*args, kernel="triton" if kernel == "triton" else "gluon", **kw)
-
-
 def full_op(q, k, v, w, b, kernel):
     plan = sla.sla_triton_plan(q, k, v, w, b, 0.1)
-    return run(kernel, q, k, v, *plan)
+    return sla.sla_sparse_attention(q, k, v, *plan, kernel=kernel)
 
 
 def profile_launches(fn, n=20):
@@ -62,20 +52,20 @@ def main():
     shape = tuple(map(int, args.shape.split(",")))
     q, k, v, w, b = make_inputs(*shape)
     plan = sla.sla_triton_plan(q, k, v, w, b, 0.1)
-    outs = {kern: run(kern, q, k, v, *plan) for kern in KERNELS}
-    again = run("gluon", q, k, v, *plan)
+    outs = {kern: sla.sla_sparse_attention(q, k, v, *plan, kernel=kern) for kern in ("triton", "gluon")}
+    again = sla.sla_sparse_attention(q, k, v, *plan, kernel="gluon")
     print(f"shape {shape}: gluon vs triton rel err {rel(outs['gluon'], outs['triton']):.2e}, "
-          f"gluon finite {bool(outs['gluon'].isfinite().all())}, gluon repeat bitwise {torch.equal(again, outs['gluon'])}"
-          f", ping-pong bits equal gluon's {torch.equal(outs['gluon-pp'], outs['gluon'])}")
+          f"gluon finite {bool(outs['gluon'].isfinite().all())}, gluon repeat bitwise {torch.equal(again, outs['gluon'])}")
     if args.check:
         ref = sla.sla_reference(q.float(), k.float(), v.float(), w, b, 0.1)
         print(f"  vs fp32 reference: gluon {rel(outs['gluon'], ref):.2e}, triton {rel(outs['triton'], ref):.2e}")
         del ref
-    for kern in KERNELS:
+    for kern in ("triton", "gluon"):
         print(f"{kern} launches (profiler):")
-        profile_launches(lambda kern=kern: run(kern, q, k, v, *plan))
-    fns = {f"{kern} kernel": (lambda kern=kern: run(kern, q, k, v, *plan)) for kern in KERNELS}
-    fns.update({f"{kern} full op": (lambda kern=kern: full_op(q, k, v, w, b, kern)) for kern in KERNELS})
+        profile_launches(lambda kern=kern: sla.sla_sparse_attention(q, k, v, *plan, kernel=kern))
+    fns = {f"{kern} kernel": (lambda kern=kern: sla.sla_sparse_attention(q, k, v, *plan, kernel=kern))
+           for kern in ("triton", "gluon")}
+    fns.update({f"{kern} full op": (lambda kern=kern: full_op(q, k, v, w, b, kern)) for kern in ("triton", "gluon")})
     time_interleaved(fns, q, k, v, args.rounds)
 
 

@@ -10,6 +10,7 @@ moves between releases.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
@@ -41,10 +42,11 @@ def main():
     ap.add_argument("--bf16", action="store_true", help="bf16 operands (the o projections)")
     ap.add_argument("--gate", action="store_true")
     ap.add_argument("--ptx", help="write the PTX here")
+    ap.add_argument("--config", default="{}", help="JSON overrides of GLUON_GEMM (BLOCK_M, BLOCK_N, STAGES, ...)")
     args = ap.parse_args()
     M, N, K = 32760, 1536 if args.epilogue != 1 else 8960, 1536
     dt = torch.bfloat16 if args.bf16 else FP8_DTYPE
-    cfg = gg.GLUON_GEMM
+    cfg = {**gg.GLUON_GEMM, **json.loads(args.config)}
     bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], 64 if args.bf16 else 128
     a, w = torch.empty(M, K, dtype=dt), torch.empty(N, K, dtype=dt)
     out = torch.empty(M, N, dtype=FP8_DTYPE if args.epilogue == 1 else torch.bfloat16)
@@ -55,7 +57,8 @@ def main():
                  gate_ptr=torch.empty(4, dtype=torch.bfloat16), qs_ptr=f32, M=M, N=N, K=K, L=M)
     consts = dict(GROUP_M=cfg["GROUP_M"], STAGES=cfg["STAGES"], A_SCALE=0 if args.bf16 else 1, HAS_BIAS=True,
                   EPILOGUE=args.epilogue, HAS_GATE=args.gate, CONSUMER_REGS=cfg["consumer_regs"])
-    compiled = compile_sm90(gg._gemm_gluon_kernel, kargs, consts, dict(num_warps=cfg["num_warps"]))
+    compiled = compile_sm90(gg._gemm_gluon_kernel, kargs, consts,
+                            dict(num_warps=cfg["num_warps"], enable_fp_fusion=True))
     usage = cuobjdump(compiled.asm["cubin"], "-res-usage")
     print(f"triton {triton.__version__}: epilogue {args.epilogue} {'bf16' if args.bf16 else 'fp8'}: shared "
           f"{compiled.metadata.shared // 1024} KB, " + " ".join(re.findall(r"(?:REG|STACK):\d+", usage)))
