@@ -11,7 +11,7 @@ Each row prints ms (median of do_bench), TFLOP/s and, where there is one, the re
 Session 11 measured 1 x 128 group scales for the FFN hidden here too (the down GEMM promoting each K step): 1.07-1.25
 ms against 0.67 ms at 1.3B, so that path was dropped (bench/HISTORY.md). Run from the repository root:
 
-    python bench/experiments/fp8_gemm_ab.py [--models 1.3b,14b] [--rep 30] [--sweep]
+    python bench/experiments/fp8_gemm_ab.py [--models 1.3b,14b] [--rep 30] [--sweep] [--gluon-sweep]
 """
 from __future__ import annotations
 
@@ -89,12 +89,17 @@ def attempt(name, fn, rep, flops, check=None):
         print(f"  {name:36} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:90]}", flush=True)
 
 
-def configs(sweep, table):
+# Gluon kernel variants (--gluon-sweep): ring depth and consumer register budget around GLUON_GEMM; 64 x 256 consumer
+# tiles were measured slower (they spill: FFN up 1.126 ms vs 0.870, bench/HISTORY.md)
+SWEEP_GLUON = {f"gluon s{s} r{r}": {"GLUON": True, "STAGES": s, "consumer_regs": r}
+               for s, r in ((3, 232), (5, 232), (4, 224), (4, 240))}
+
+
+def configs(sweep, table, gluon_sweep=False):
     """The default route, both kernels by name (the Gluon ping-pong kernel: kernels/gemm_gluon.py), and with
-    --sweep the Triton configurations that were measured to pick `gemm_config`."""
+    --sweep the Triton configurations that were measured to pick `gemm_config`, with --gluon-sweep Gluon's."""
     return {"default": None, "triton": {"GLUON": False}, "gluon": {"GLUON": True},
-            "gluon 64x256 s3": {"GLUON": True, "BLOCK_M": 64, "BLOCK_N": 256, "STAGES": 3},
-            **(table if sweep else {})}
+            **(table if sweep else {}), **(SWEEP_GLUON if gluon_sweep else {})}
 
 
 def main():
@@ -102,6 +107,7 @@ def main():
     ap.add_argument("--models", default="1.3b,14b")
     ap.add_argument("--rep", type=int, default=30)
     ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--gluon-sweep", action="store_true")
     args = ap.parse_args()
     torch.manual_seed(0)
     dev = "cuda"
@@ -125,7 +131,7 @@ def main():
         f = 2 * M * D * D
         ref = fp8_matmul(xq, xs, w_dd, ws_dd, b_d)
         attempt("cuBLAS _scaled_mm fast", lambda: fp8_matmul(xq, xs, w_dd, ws_dd, b_d, use_fast_accum=True), args.rep, f)
-        for name, cfg in configs(args.sweep, SWEEP_FP8).items():
+        for name, cfg in configs(args.sweep, SWEEP_FP8, args.gluon_sweep).items():
             attempt(f"triton {name}", lambda cfg=cfg: matmul_triton(xq, xs, w_dd, ws_dd, b_d, config=cfg), args.rep, f,
                     lambda o: rel(o, ref))
 
@@ -137,7 +143,7 @@ def main():
         attempt("cuBLAS + gelu_quant kernel (unfused)",
                 lambda: quantize_gelu_per_token_fp8(fp8_matmul(xq, xs, w_up, ws_up, b_h, use_fast_accum=True)),
                 args.rep, f)
-        for name, cfg in configs(args.sweep, SWEEP_FP8).items():
+        for name, cfg in configs(args.sweep, SWEEP_FP8, args.gluon_sweep).items():
             attempt(f"triton gelu_quant_rows {name}",
                     lambda cfg=cfg: fp8_matmul_gelu_quant_rows_triton(xq, xs, w_up, ws_up, b_h, hs, config=cfg),
                     args.rep, f)
@@ -151,7 +157,7 @@ def main():
         attempt("cuBLAS + gated_residual (unfused)",
                 lambda: gated_residual(v3(work), v3(fp8_matmul(hq_tok, hs_tok, w_dn, ws_dn, b_d, use_fast_accum=True)),
                                        gate, out=v3(work)), args.rep, f)
-        for name, cfg in configs(args.sweep, SWEEP_FP8).items():
+        for name, cfg in configs(args.sweep, SWEEP_FP8, args.gluon_sweep).items():
             attempt(f"triton residual {name}",
                     lambda cfg=cfg: matmul_residual_triton(hq, hs, w_dn, ws_dn, b_d, resid, gate, M, out=work,
                                                            config=cfg), args.rep, f, lambda o: rel(o, ref))
@@ -163,7 +169,7 @@ def main():
         attempt("cuBLAS F.linear alone", lambda: F.linear(x, wb, b_d), args.rep, f)
         attempt("F.linear + gated_residual (unfused)",
                 lambda: gated_residual(v3(work), v3(F.linear(x, wb, b_d)), gate, out=v3(work)), args.rep, f)
-        for name, cfg in configs(args.sweep, SWEEP_BF16).items():
+        for name, cfg in configs(args.sweep, SWEEP_BF16, args.gluon_sweep).items():
             attempt(f"triton bf16 residual {name}",
                     lambda cfg=cfg: matmul_residual_triton(x, None, wb, None, b_d, resid, gate, M, out=work,
                                                            config=cfg), args.rep, f, lambda o: rel(o, ref))

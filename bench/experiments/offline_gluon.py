@@ -63,7 +63,7 @@ def main():
     print(f"triton {triton.__version__}: epilogue {args.epilogue} {'bf16' if args.bf16 else 'fp8'}: shared "
           f"{compiled.metadata.shared // 1024} KB, " + " ".join(re.findall(r"(?:REG|STACK):\d+", usage)))
     ptx = compiled.asm["ptx"]
-    print("setmaxnreg:", sorted(set(re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32 (\d+)", ptx))),
+    print("setmaxnreg:", sorted(set(re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx))),
           "| local (spill) ld/st in PTX:", len(re.findall(r"\b(?:ld|st)\.local", ptx)))
     if args.ptx:
         Path(args.ptx).write_text(ptx)
