@@ -1,5 +1,6 @@
 """Specification of the ping-pong Gluon GEMMs (kernels/gemm_gluon.py): every routed epilogue compiles for sm_90 with
-the installed Triton, in one program per SM and without spilling (checked on any machine); on Hopper each epilogue
+the installed Triton, in one program per SM and without spilling, and a Gluon kernel that fails to build leaves the
+work to the Triton kernel with one warning (checked on any machine); on Hopper each epilogue
 meets the references of kernels/fp8_gemm.py as the Triton kernel does, whatever the number of tiles a program gets
 (none, one, odd, many), repeats its bits, and tiles that would straddle two batch items fall back to the Triton
 kernel. (Gluon has no interpreter, so results are checked on the GPU only.)"""
@@ -30,6 +31,42 @@ def gluon_can_compile_offline() -> bool:
         return (Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump").exists()
     except ImportError:
         return False
+
+
+FALLBACK_SCRIPT = """
+import json, warnings, torch
+import kernels.fp8_gemm as fg
+from kernels.fp8_linear import quantize_per_token_fp8_ref, quantize_weight_fp8
+calls = []
+def broken_gluon(*args, **kwargs):
+    calls.append(1)
+    raise RuntimeError("this Triton's Gluon cannot compile the kernel")
+fg.gluon_gemm_ok = lambda *args: True
+fg.launch_gluon_gemm = broken_gluon
+fg.set_gluon_gemms(True)
+xq, xs = quantize_per_token_fp8_ref(torch.randn(64, 64))
+wq, ws = quantize_weight_fp8(torch.randn(32, 64) * 0.1)
+plain = fg.matmul_triton(xq, xs, wq, ws, None, config={"GLUON": False})
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    first = fg.matmul_triton(xq, xs, wq, ws, None)
+    second = fg.matmul_triton(xq, xs, wq, ws, None)
+try:
+    fg.matmul_triton(xq, xs, wq, ws, None, config={"GLUON": True})
+    forced_raises = False
+except RuntimeError:
+    forced_raises = True
+print("RESULT" + json.dumps(dict(same=bool(torch.equal(first, plain) and torch.equal(second, plain)),
+                                 warned=sum("Gluon kernel failed" in str(w.message) for w in caught),
+                                 gluon_tries=len(calls), forced_raises=forced_raises)))
+"""
+
+
+def test_a_gluon_kernel_that_fails_falls_back_to_the_triton_kernel_once_and_loudly_unless_forced():
+    from _helpers import run_interpreted
+
+    got = run_interpreted(FALLBACK_SCRIPT, timeout=300)
+    assert got == dict(same=True, warned=1, gluon_tries=2, forced_raises=True)  # one failed try, then one forced
 
 
 @pytest.mark.skipif(not gluon_can_compile_offline(), reason="needs Triton with Gluon and its CUDA tools")
