@@ -59,6 +59,12 @@ _LN2_HI = 0.693359375
 _LN2_LO = _f32(-2.12194440e-4)
 _EXP_POLY = tuple(_f32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
                                     1.6666665459e-1, 5.0000001201e-1))
+# The GPU GELU (Triton and Gluon kernels): x / (1 + 2^(x (C1 + C2 x^2))), C1 = -2 sqrt(2/pi) log2(e),
+# C2 = C1 * 0.044715; the exponent is clamped to +-80 / ln 2 like the reference's exp argument (|v| <= 80), which
+# also keeps 1 + 2^t far from fp32 overflow
+GELU_EXP2_C1 = _f32(-2.0 * 0.7978845608028654 * 1.4426950408889634)
+GELU_EXP2_C2 = _f32(-2.0 * 0.7978845608028654 * 1.4426950408889634 * 0.044715)
+GELU_EXP2_CLAMP = _f32(_EXP_CLAMP * 1.4426950408889634)
 
 
 def _interpreting() -> bool:
@@ -163,11 +169,9 @@ if triton is not None:
         sub = ((a + 16384.0) - 16384.0).to(tl.uint32, bitcast=True)
         return (tl.where(a >= 0.015625, normal, sub) | sign).to(tl.float32, bitcast=True)
 
-    # x / (1 + 2^(x (C1 + C2 x^2))): C1 = -2 sqrt(2/pi) log2(e), C2 = C1 * 0.044715; the exponent is clamped to
-    # +-80 / ln 2 like the reference's exp argument (|v| <= 80), which also keeps 1 + 2^t far from fp32 overflow
-    _GELU_C1 = tl.constexpr(_f32(-2.0 * 0.7978845608028654 * 1.4426950408889634))
-    _GELU_C2 = tl.constexpr(_f32(-2.0 * 0.7978845608028654 * 1.4426950408889634 * 0.044715))
-    _EXP2_CLAMP = tl.constexpr(_f32(_EXP_CLAMP * 1.4426950408889634))
+    _GELU_C1 = tl.constexpr(GELU_EXP2_C1)
+    _GELU_C2 = tl.constexpr(GELU_EXP2_C2)
+    _EXP2_CLAMP = tl.constexpr(GELU_EXP2_CLAMP)
 
     @triton.jit
     def _gelu_tanh(x, ACT_DTYPE: tl.constexpr, HW_CVT: tl.constexpr):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.fp8_linear import FP8_DTYPE, _EXP_CLAMP, _f32
+from kernels.fp8_linear import FP8_DTYPE, GELU_EXP2_C1, GELU_EXP2_C2, GELU_EXP2_CLAMP
 
 try:
     from triton.experimental import gluon
@@ -36,7 +36,6 @@ try:
 except ImportError:  # pragma: no cover - Triton without Gluon: the Triton kernel runs instead
     gluon = None
 
-STORE, GELU_QUANT_ROWS, RESIDUAL = 0, 1, 2  # the EPILOGUE codes of kernels/fp8_gemm.py
 # 128 x 128 output tile per consumer (accumulator: 128 fp32 registers a thread), K slices of 128 fp8 / 64 bf16
 # (32 KB a stage), 4 stages (128 KB) + one 128 x 128 output tile per consumer (64 KB in bf16): one program per SM.
 # Registers (`fp8_gemm_ab.py --gluon-sweep`, H100, 1.3B): 224 a consumer thread; 232 made the plain store 40% slower
@@ -44,14 +43,10 @@ STORE, GELU_QUANT_ROWS, RESIDUAL = 0, 1, 2  # the EPILOGUE codes of kernels/fp8_
 GLUON_GEMM = dict(BLOCK_M=128, BLOCK_N=128, STAGES=4, GROUP_M=8, consumer_regs=224, num_warps=4)
 
 
-def gluon_gemm_available() -> bool:
-    return gluon is not None
-
-
 if gluon is not None:
-    _GELU_C1 = gl.constexpr(_f32(-2.0 * 0.7978845608028654 * 1.4426950408889634))
-    _GELU_C2 = gl.constexpr(_f32(-2.0 * 0.7978845608028654 * 1.4426950408889634 * 0.044715))
-    _EXP2_CLAMP = gl.constexpr(_f32(_EXP_CLAMP * 1.4426950408889634))
+    _GELU_C1 = gl.constexpr(GELU_EXP2_C1)
+    _GELU_C2 = gl.constexpr(GELU_EXP2_C2)
+    _EXP2_CLAMP = gl.constexpr(GELU_EXP2_CLAMP)
 
     @gluon.jit
     def _tile_of(tile_id, num_pid_m, num_pid_n, GROUP_M: gl.constexpr):
@@ -170,7 +165,8 @@ if gluon is not None:
         GROUP_M: gl.constexpr, STAGES: gl.constexpr, A_SCALE: gl.constexpr, HAS_BIAS: gl.constexpr,
         EPILOGUE: gl.constexpr, HAS_GATE: gl.constexpr, CONSUMER_REGS: gl.constexpr,
     ):
-        """Persistent grid (one program per SM at most). Partitions: TMA producer (default), two consumers."""
+        """Persistent grid (one program per SM at most). Partitions: TMA producer (default), two consumers.
+        EPILOGUE as in kernels/fp8_gemm.py: 0 store, 1 GELU + fp8 quantization, 2 (gated) residual."""
         BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
         BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
         BLOCK_N: gl.constexpr = b_desc.block_type.shape[0]
