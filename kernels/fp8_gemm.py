@@ -68,6 +68,7 @@ def residual_ref(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, to
 # ------------------------------------------------------------------------------------------ kernel
 if triton is not None:
     from kernels.fp8_linear import _gelu_tanh, _to_fp8
+    from kernels.tiles import grouped_tile
 
     @triton.jit
     def _bf16(v, HW_CVT: tl.constexpr):
@@ -76,14 +77,6 @@ if triton is not None:
             return v.to(tl.bfloat16)
         bits = v.to(tl.uint32, bitcast=True)
         return ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True).to(tl.bfloat16)
-
-    @triton.jit
-    def _tile_of(tile_id, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
-        """Grouped tile order: GROUP_M row-tiles sweep the columns together so their B tiles stay in L2."""
-        in_group = GROUP_M * num_pid_n
-        first_m = (tile_id // in_group) * GROUP_M
-        size_m = tl.minimum(num_pid_m - first_m, GROUP_M)
-        return first_m + (tile_id % in_group) % size_m, (tile_id % in_group) // size_m
 
     @triton.jit
     def _gemm_kernel(
@@ -102,7 +95,7 @@ if triton is not None:
         k_tiles = tl.cdiv(K, BLOCK_K)
         for tile_id in tl.range(start, num_pid_m * num_pid_n, NUM_SMS, flatten=FLATTEN,
                                 warp_specialize=WARP_SPECIALIZE):
-            pid_m, pid_n = _tile_of(tile_id, num_pid_m, num_pid_n, GROUP_M)
+            pid_m, pid_n = grouped_tile(tile_id, num_pid_m, num_pid_n, GROUP_M)
             off_m = pid_m * BLOCK_M
             off_n = pid_n * BLOCK_N
             rows = off_m + tl.arange(0, BLOCK_M)

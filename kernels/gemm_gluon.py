@@ -44,17 +44,11 @@ GLUON_GEMM = dict(BLOCK_M=128, BLOCK_N=128, STAGES=4, GROUP_M=8, consumer_regs=2
 
 
 if gluon is not None:
+    from kernels.tiles import grouped_tile
+
     _GELU_C1 = gl.constexpr(GELU_EXP2_C1)
     _GELU_C2 = gl.constexpr(GELU_EXP2_C2)
     _EXP2_CLAMP = gl.constexpr(GELU_EXP2_CLAMP)
-
-    @gluon.jit
-    def _tile_of(tile_id, num_pid_m, num_pid_n, GROUP_M: gl.constexpr):
-        """Grouped tile order (as `kernels.fp8_gemm._tile_of`): GROUP_M row-tiles sweep the columns together."""
-        in_group = GROUP_M * num_pid_n
-        first_m = (tile_id // in_group) * GROUP_M
-        size_m = gl.minimum(num_pid_m - first_m, GROUP_M)
-        return first_m + (tile_id % in_group) % size_m, (tile_id % in_group) // size_m
 
     @gluon.jit
     def _producer(a_desc, b_desc, a_smem, b_smem, ready, empty, M, N, K,
@@ -66,7 +60,7 @@ if gluon is not None:
         k_tiles = gl.cdiv(K, BLOCK_K)
         step = 0
         for tile_id in range(gl.program_id(0), num_pid_m * num_pid_n, gl.num_programs(0)):
-            pid_m, pid_n = _tile_of(tile_id, num_pid_m, num_pid_n, GROUP_M)
+            pid_m, pid_n = grouped_tile(tile_id, num_pid_m, num_pid_n, GROUP_M)
             for ki in range(k_tiles):
                 s = step % STAGES
                 mbarrier.wait(empty.index(s), ((step // STAGES) & 1) ^ 1)  # a fresh barrier passes parity 1
@@ -101,7 +95,7 @@ if gluon is not None:
         programs = gl.num_programs(0)
         n = 0  # this consumer's tile count
         for tile_id in range(gl.program_id(0) + CID * programs, num_pid_m * num_pid_n, 2 * programs):
-            pid_m, pid_n = _tile_of(tile_id, num_pid_m, num_pid_n, GROUP_M)
+            pid_m, pid_n = grouped_tile(tile_id, num_pid_m, num_pid_n, GROUP_M)
             off_m = pid_m * BLOCK_M
             off_n = pid_n * BLOCK_N
             if EPILOGUE == 2:  # fetch the residual tile under the mainloop, once the last store has left c_smem
