@@ -10,7 +10,8 @@ modulation, RoPE, elementwise).
 a `+graph` suffix replays the forward from a CUDA graph, `turbo_batch.models.cuda_graph`, and checks that its bits
 are the eager forward's; `+unfused` turns off the GEMM epilogue fusion (residual adds and the FFN's GELU + quantization inside Triton GEMMs,
 kernels/fp8_gemm.py, on by default on Hopper): cuBLAS GEMMs, then the elementwise kernels; `+gluon` / `+triton`
-run every fused GEMM through the ping-pong Gluon kernel (kernels/gemm_gluon.py) / the Triton kernel)
+run every fused GEMM through the ping-pong Gluon kernel (kernels/gemm_gluon.py) / the Triton kernel; `+plainattn`
+runs the Gluon SLA kernel without its intra-warpgroup overlap, kernels/sla_gluon.py)
     python bench/bench_forward.py --model 14b --res 720p --variants fp8+sla --no-diffusers
 """
 from __future__ import annotations
@@ -31,6 +32,7 @@ from turbo_batch.models.dit import DiTConfig  # noqa: E402
 from turbo_batch.models.dit_checkpoints import random_dit  # noqa: E402
 from turbo_batch.models.cuda_graph import GraphedForward  # noqa: E402
 from turbo_batch.models.quantize import DEFAULT_KEEP_BF16, quantize_linears_  # noqa: E402
+from kernels import sla_gluon  # noqa: E402
 from kernels.fp8_gemm import GLUON_DEFAULT, set_gluon_gemms  # noqa: E402
 
 MODELS = {"1.3b": dict(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
@@ -129,8 +131,9 @@ def main():
         gluon_flag = "+gluon" in name or "+triton" in name
         if gluon_flag:
             set_gluon_gemms("+gluon" in name)
+        sla_gluon.GLUON_ATTENTION["overlap"] = "+plainattn" not in name
         backend, keep = VARIANTS[name.replace("+graph", "").replace("+unfused", "").replace("+gluon", "")
-                                 .replace("+triton", "")]
+                                 .replace("+triton", "").replace("+plainattn", "")]
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         model = random_dit(cfg, 0, device=dev, dtype=torch.bfloat16, on_device=True).eval().requires_grad_(False)

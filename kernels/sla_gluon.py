@@ -3,9 +3,9 @@
 Why: the Triton kernel (`kernels/sla.py`) runs both warpgroups of a program in lock-step (the shared-memory
 handoff of its pointer loads puts a CTA-wide barrier in every step), so one warpgroup's softmax cannot fill the
 other's MMA gaps, and all 256 threads spend issue slots on load addresses. Here a producer partition streams the
-kept K/V blocks with TMA into a ring of shared-memory stages guarded by mbarriers, and two consumer partitions
-(one warpgroup each, 64 of the q-block's 128 rows) run the flash-attention steps on their own schedule, as FA3
-does on Hopper.
+kept K/V blocks with TMA into two rings of shared-memory stages (keys, values) guarded by mbarriers, and two
+consumer partitions (one warpgroup each, 64 of the q-block's 128 rows) run the flash-attention steps on their own
+schedule, as FA3 does on Hopper, each overlapping one step's softmax with the previous step's P V.
 
 Same math and the same program numbering as `_sla_attention_kernel` (so the wave-tail split and its merge kernel
 are shared): a program owns one 128-row q-block of one (b, h), or one piece of it (PIECES > 1); each step attends
@@ -20,7 +20,7 @@ import torch
 try:
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma
+    from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
     # TMA loads under their Triton 3.6 name (the device's) or their later one (async_load)
     _tma_load = tma.async_load if hasattr(tma, "async_load") else tma.async_copy_global_to_shared
@@ -30,8 +30,10 @@ except ImportError:  # pragma: no cover - Triton without Gluon (older than 3.5):
 LOG2E = 1.4426950408889634
 # 2 stages of 128 keys (64 KB each) + the q tile (32 KB) + the linear branch's D x D matrix (32 KB): 192 KB, so one
 # program per SM, as for the Triton kernel. Registers: 240 per consumer thread (accumulator 64 + logits 64 + P 32),
-# the producer's warps get what is left (setmaxnreg).
-GLUON_ATTENTION = dict(stages=2, consumer_regs=240, num_warps=4)
+# the producer's warps get what is left (setmaxnreg). overlap: FA3's intra-warpgroup overlap (see `_consumer`); on
+# an H100 the kernel alone went 1.352 -> 1.190 ms at 1.3B 480p, the forward 153.2 -> 150.4 ms: the forward runs at
+# the 700 W power cap, so the denser kernel runs at a lower clock (bench/experiments/clocks_under_load.py).
+GLUON_ATTENTION = dict(stages=2, consumer_regs=240, num_warps=4, overlap=True)
 # Measured and dropped (H100, bench/experiments/gluon_ab.py, session 12): FA3's ping-pong order between the two
 # consumers (P V_j and Q K_{j+1}^T issued together, asynchronously, in strict turns passed by an mbarrier pair) gave
 # the same bits but a slower kernel, 1.395 vs 1.339 ms at 1.3B 480p (commit 5281be2 has the code).
@@ -63,11 +65,13 @@ if gluon is not None:
         return lo, hi, (hi - lo + 1) // 2
 
     @gluon.jit
-    def _producer(q_desc, k_desc, v_desc, kvw_desc, q_smem, k_smem, v_smem, kvw_smem, q_bar, kvw_bar, ready, empty,
-                  KEPT, L, H, n_keep, programs_per_head, unit0, chunk,
+    def _producer(q_desc, k_desc, v_desc, kvw_desc, q_smem, k_smem, v_smem, kvw_smem, q_bar, kvw_bar,
+                  k_ready, k_empty, v_ready, v_empty, KEPT, L, H, n_keep, programs_per_head, unit0, chunk,
                   D: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
                   PIECES: gl.constexpr, WITH_LINEAR: gl.constexpr):
-        """TMA loads: the q tile, the linear branch's matrix, then both k-blocks of every step into the ring."""
+        """TMA loads: the q tile, the linear branch's matrix, then both k-blocks of every step into the K ring and
+        their values into the V ring. Two rings with their own barriers, because the overlapped consumer is done
+        with a step's keys one step before it is done with its values."""
         b, h, pid_m = _unit_of_program(programs_per_head, unit0, PIECES)
         mbarrier.expect(q_bar, BLOCK_M * D * 2)
         _tma_load(q_desc, [b * L + pid_m * BLOCK_M, h * D], q_bar, q_smem)
@@ -80,74 +84,45 @@ if gluon is not None:
         col0 = h * D
         for j in range(n_steps):
             s = j % STAGES
-            mbarrier.wait(empty.index(s), ((j // STAGES) & 1) ^ 1)  # a fresh barrier passes parity 1 at once
+            phase = ((j // STAGES) & 1) ^ 1  # a fresh barrier passes parity 1 at once
             first = lo + 2 * j
             start_a = gl.load(kept + first) * BLOCK_N
             # an odd count's last step loads its block twice; the consumers mask the copy
             start_b = gl.load(kept + gl.minimum(first + 1, hi - 1)) * BLOCK_N
-            bar = ready.index(s)
-            mbarrier.expect(bar, 4 * BLOCK_N * D * 2)
+            mbarrier.wait(k_empty.index(s), phase)
+            bar = k_ready.index(s)
+            mbarrier.expect(bar, 2 * BLOCK_N * D * 2)
             _tma_load(k_desc, [row0 + start_a, col0], bar, k_smem.index(s).slice(0, BLOCK_N))
             _tma_load(k_desc, [row0 + start_b, col0], bar, k_smem.index(s).slice(BLOCK_N, BLOCK_N))
+            mbarrier.wait(v_empty.index(s), phase)
+            bar = v_ready.index(s)
+            mbarrier.expect(bar, 2 * BLOCK_N * D * 2)
             _tma_load(v_desc, [row0 + start_a, col0], bar, v_smem.index(s).slice(0, BLOCK_N))
             _tma_load(v_desc, [row0 + start_b, col0], bar, v_smem.index(s).slice(BLOCK_N, BLOCK_N))
 
     @gluon.jit
-    def _consumer(q_smem, k_smem, v_smem, kvw_smem, q_bar, kvw_bar, ready, empty,
-                  KEPT, O, KSUM, BIAS, PART_O, PART_LSE,
-                  stride_ob, stride_ol, stride_oh, stride_ksum,
-                  L, H, n_keep, qk_scale, eps_over_len, programs_per_head, unit0, chunk,
-                  D: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                  PIECES: gl.constexpr, WITH_LINEAR: gl.constexpr, ROWS: gl.constexpr, CID: gl.constexpr):
-        """One warpgroup's ROWS rows: online softmax over the kept blocks, then the linear branch and the store."""
-        KEYS: gl.constexpr = 2 * BLOCK_N
-        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                           instr_shape=[16, KEYS, 16])
+    def _mask_last_step(qk, kept, lo, last, j, L, BLOCK_N: gl.constexpr, KEYS: gl.constexpr, col_s: gl.constexpr):
+        """-inf for the ragged final k-block's keys past L and for an odd count's duplicated block."""
+        first = lo + 2 * j
+        cols = gl.arange(0, KEYS, layout=col_s)
+        start_a = gl.load(kept + first) * BLOCK_N
+        start_b = gl.load(kept + gl.minimum(first + 1, last)) * BLOCK_N
+        pos = gl.where(cols < BLOCK_N, start_a + cols, start_b + cols - BLOCK_N)
+        real = (pos < L) & ((cols < BLOCK_N) | (first + 1 <= last))
+        return gl.where(real[None, :], qk, float("-inf"))
+
+    @gluon.jit
+    def _finish(acc, m_i, l_i, q_rows, kvw_smem, kvw_bar, O, KSUM, BIAS, PART_O, PART_LSE,
+                stride_ob, stride_ol, stride_oh, stride_ksum, L, b, h, pid_m, pid_bh, eps_over_len,
+                D: gl.constexpr, BLOCK_M: gl.constexpr, PIECES: gl.constexpr, WITH_LINEAR: gl.constexpr,
+                ROWS: gl.constexpr, CID: gl.constexpr):
+        """Normalize, then store a piece's partial and log-sum-exp, or add the linear branch and store the rows."""
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                            instr_shape=[16, D, 16])
         a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
-        row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
-        col_s: gl.constexpr = gl.SliceLayout(0, s_layout)
         row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
         col_o: gl.constexpr = gl.SliceLayout(0, o_layout)
-        dtype: gl.constexpr = q_smem.dtype
-
-        b, h, pid_m = _unit_of_program(programs_per_head, unit0, PIECES)
-        pid_bh = b * H + h
-        kept = KEPT + (pid_bh.to(gl.int64) * programs_per_head + pid_m) * n_keep
-        lo, hi, n_steps = _kept_range(n_keep, chunk, PIECES)
-        q_rows = q_smem.slice(CID * ROWS, ROWS)
-
-        m_i = gl.full([ROWS], float("-inf"), gl.float32, layout=row_s)
-        l_i = gl.full([ROWS], 0.0, gl.float32, layout=row_s)
-        acc = gl.zeros([ROWS, D], gl.float32, layout=o_layout)
-        zero_s = gl.zeros([ROWS, KEYS], gl.float32, layout=s_layout)
-        mbarrier.wait(q_bar, 0)
-        # only the last step can hold the ragged final k-block (the list is sorted) or an odd count's copy
-        last = hi - 1
-        last_ragged = (gl.load(kept + last) * BLOCK_N + BLOCK_N > L) & (hi == n_keep)
-        mask_last = last_ragged | ((hi - lo) % 2 == 1)
-        for j in range(n_steps):
-            s = j % STAGES
-            mbarrier.wait(ready.index(s), (j // STAGES) & 1)
-            qk = warpgroup_mma(q_rows, k_smem.index(s).permute((1, 0)), zero_s, use_acc=False)
-            if mask_last and j == n_steps - 1:
-                first = lo + 2 * j
-                cols = gl.arange(0, KEYS, layout=col_s)
-                start_a = gl.load(kept + first) * BLOCK_N
-                start_b = gl.load(kept + gl.minimum(first + 1, last)) * BLOCK_N
-                pos = gl.where(cols < BLOCK_N, start_a + cols, start_b + cols - BLOCK_N)
-                real = (pos < L) & ((cols < BLOCK_N) | (first + 1 <= last))
-                qk = gl.where(real[None, :], qk, float("-inf"))
-            m_ij = gl.maximum(m_i, gl.max(qk, axis=1) * qk_scale)
-            p = gl.exp2(qk * qk_scale - m_ij[:, None])
-            alpha = gl.exp2(m_i - m_ij)
-            l_i = l_i * alpha + gl.sum(p, axis=1)
-            acc = acc * gl.convert_layout(alpha, row_o)[:, None]
-            acc = warpgroup_mma(gl.convert_layout(p.to(dtype), a_layout), v_smem.index(s), acc)
-            mbarrier.arrive(empty.index(s), count=1)
-            m_i = m_ij
-
+        dtype: gl.constexpr = q_rows.dtype
         acc = acc / gl.convert_layout(l_i, row_o)[:, None]
         rows = pid_m * BLOCK_M + CID * ROWS + gl.arange(0, ROWS, layout=row_o)
         offs_d = gl.arange(0, D, layout=col_o)
@@ -171,12 +146,110 @@ if gluon is not None:
             gl.store(o_ptrs, acc.to(dtype), mask=(rows < L)[:, None])
 
     @gluon.jit
+    def _consumer(q_smem, k_smem, v_smem, kvw_smem, q_bar, kvw_bar, k_ready, k_empty, v_ready, v_empty,
+                  KEPT, O, KSUM, BIAS, PART_O, PART_LSE,
+                  stride_ob, stride_ol, stride_oh, stride_ksum,
+                  L, H, n_keep, qk_scale, eps_over_len, programs_per_head, unit0, chunk,
+                  D: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+                  PIECES: gl.constexpr, WITH_LINEAR: gl.constexpr, ROWS: gl.constexpr, CID: gl.constexpr,
+                  OVERLAP: gl.constexpr):
+        """One warpgroup's ROWS rows: online softmax over the kept blocks, then the linear branch and the store.
+
+        OVERLAP (FA3's intra-warpgroup overlap): step j's QK^T and step j-1's P V are issued together,
+        asynchronously, and step j's softmax runs while P V_{j-1} is still on the tensor cores; only then is the
+        accumulator rescaled. The same MMAs on the same operands and the same softmax arithmetic in the same order
+        as the plain schedule (acc_j = acc_{j-1} * alpha_j + P_j V_j), so the same bits."""
+        KEYS: gl.constexpr = 2 * BLOCK_N
+        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, KEYS, 16])
+        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, D, 16])
+        a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+        row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+        col_s: gl.constexpr = gl.SliceLayout(0, s_layout)
+        row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+        dtype: gl.constexpr = q_smem.dtype
+
+        b, h, pid_m = _unit_of_program(programs_per_head, unit0, PIECES)
+        pid_bh = b * H + h
+        kept = KEPT + (pid_bh.to(gl.int64) * programs_per_head + pid_m) * n_keep
+        lo, hi, n_steps = _kept_range(n_keep, chunk, PIECES)
+        q_rows = q_smem.slice(CID * ROWS, ROWS)
+
+        m_i = gl.full([ROWS], float("-inf"), gl.float32, layout=row_s)
+        l_i = gl.full([ROWS], 0.0, gl.float32, layout=row_s)
+        acc = gl.zeros([ROWS, D], gl.float32, layout=o_layout)
+        zero_s = gl.zeros([ROWS, KEYS], gl.float32, layout=s_layout)
+        mbarrier.wait(q_bar, 0)
+        # only the last step can hold the ragged final k-block (the list is sorted) or an odd count's copy
+        last = hi - 1
+        last_ragged = (gl.load(kept + last) * BLOCK_N + BLOCK_N > L) & (hi == n_keep)
+        mask_last = last_ragged | ((hi - lo) % 2 == 1)
+        if OVERLAP:
+            # step 0: its logits and softmax; its P V waits for step 1's QK^T
+            mbarrier.wait(k_ready.index(0), 0)
+            qk = warpgroup_mma(q_rows, k_smem.index(0).permute((1, 0)), zero_s, use_acc=False)
+            mbarrier.arrive(k_empty.index(0), count=1)
+            if mask_last and n_steps == 1:
+                qk = _mask_last_step(qk, kept, lo, last, 0, L, BLOCK_N, KEYS, col_s)
+            m_i = gl.max(qk, axis=1) * qk_scale
+            p = gl.exp2(qk * qk_scale - m_i[:, None])
+            l_i = gl.sum(p, axis=1)
+            p_op = gl.convert_layout(p.to(dtype), a_layout)
+            for j in range(1, n_steps):
+                s = j % STAGES
+                sp = (j - 1) % STAGES
+                mbarrier.wait(k_ready.index(s), (j // STAGES) & 1)
+                qk_tok = warpgroup_mma(q_rows, k_smem.index(s).permute((1, 0)), zero_s, use_acc=False,
+                                       is_async=True)
+                mbarrier.wait(v_ready.index(sp), ((j - 1) // STAGES) & 1)
+                acc_tok = warpgroup_mma(p_op, v_smem.index(sp), acc, is_async=True)
+                qk = warpgroup_mma_wait(1, deps=[qk_tok])
+                mbarrier.arrive(k_empty.index(s), count=1)
+                if mask_last and j == n_steps - 1:
+                    qk = _mask_last_step(qk, kept, lo, last, j, L, BLOCK_N, KEYS, col_s)
+                m_ij = gl.maximum(m_i, gl.max(qk, axis=1) * qk_scale)
+                p = gl.exp2(qk * qk_scale - m_ij[:, None])
+                alpha = gl.exp2(m_i - m_ij)
+                l_i = l_i * alpha + gl.sum(p, axis=1)
+                acc, p_op = warpgroup_mma_wait(0, deps=[acc_tok, p_op])
+                mbarrier.arrive(v_empty.index(sp), count=1)
+                acc = acc * gl.convert_layout(alpha, row_o)[:, None]
+                p_op = gl.convert_layout(p.to(dtype), a_layout)
+                m_i = m_ij
+            sp = (n_steps - 1) % STAGES
+            mbarrier.wait(v_ready.index(sp), ((n_steps - 1) // STAGES) & 1)
+            acc = warpgroup_mma(p_op, v_smem.index(sp), acc)
+            mbarrier.arrive(v_empty.index(sp), count=1)
+        else:
+            for j in range(n_steps):
+                s = j % STAGES
+                mbarrier.wait(k_ready.index(s), (j // STAGES) & 1)
+                qk = warpgroup_mma(q_rows, k_smem.index(s).permute((1, 0)), zero_s, use_acc=False)
+                mbarrier.arrive(k_empty.index(s), count=1)
+                if mask_last and j == n_steps - 1:
+                    qk = _mask_last_step(qk, kept, lo, last, j, L, BLOCK_N, KEYS, col_s)
+                m_ij = gl.maximum(m_i, gl.max(qk, axis=1) * qk_scale)
+                p = gl.exp2(qk * qk_scale - m_ij[:, None])
+                alpha = gl.exp2(m_i - m_ij)
+                l_i = l_i * alpha + gl.sum(p, axis=1)
+                acc = acc * gl.convert_layout(alpha, row_o)[:, None]
+                mbarrier.wait(v_ready.index(s), (j // STAGES) & 1)
+                acc = warpgroup_mma(gl.convert_layout(p.to(dtype), a_layout), v_smem.index(s), acc)
+                mbarrier.arrive(v_empty.index(s), count=1)
+                m_i = m_ij
+
+        _finish(acc, m_i, l_i, q_rows, kvw_smem, kvw_bar, O, KSUM, BIAS, PART_O, PART_LSE,
+                stride_ob, stride_ol, stride_oh, stride_ksum, L, b, h, pid_m, pid_bh, eps_over_len,
+                D, BLOCK_M, PIECES, WITH_LINEAR, ROWS, CID)
+
+    @gluon.jit
     def _sla_attention_gluon_kernel(
         q_desc, k_desc, v_desc, kvw_desc, KEPT, O, KSUM, BIAS, PART_O, PART_LSE,
         stride_ob, stride_ol, stride_oh, stride_ksum,
         L, H, n_keep, qk_scale, eps_over_len, programs_per_head, unit0, chunk,
         D: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-        PIECES: gl.constexpr, WITH_LINEAR: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+        PIECES: gl.constexpr, WITH_LINEAR: gl.constexpr, CONSUMER_REGS: gl.constexpr, OVERLAP: gl.constexpr,
     ):
         """Grid (units or pieces, B), as `_sla_attention_kernel`. Partitions: TMA producer (default), 2 consumers."""
         dtype: gl.constexpr = q_desc.dtype
@@ -187,25 +260,29 @@ if gluon is not None:
         kvw_smem = gl.allocate_shared_memory(dtype, [D, D], kvw_desc.layout)
         q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         kvw_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         mbarrier.init(q_bar, count=1)
         mbarrier.init(kvw_bar, count=1)
         for i in gl.static_range(STAGES):
-            mbarrier.init(ready.index(i), count=1)
-            mbarrier.init(empty.index(i), count=2)  # one arrive per consumer warpgroup
+            mbarrier.init(k_ready.index(i), count=1)
+            mbarrier.init(v_ready.index(i), count=1)
+            mbarrier.init(k_empty.index(i), count=2)  # one arrive per consumer warpgroup
+            mbarrier.init(v_empty.index(i), count=2)
         gl.warp_specialize(
-            [(_producer, (q_desc, k_desc, v_desc, kvw_desc, q_smem, k_smem, v_smem, kvw_smem, q_bar, kvw_bar, ready,
-                          empty, KEPT, L, H, n_keep, programs_per_head, unit0, chunk,
+            [(_producer, (q_desc, k_desc, v_desc, kvw_desc, q_smem, k_smem, v_smem, kvw_smem, q_bar, kvw_bar,
+                          k_ready, k_empty, v_ready, v_empty, KEPT, L, H, n_keep, programs_per_head, unit0, chunk,
                           D, BLOCK_M, BLOCK_N, STAGES, PIECES, WITH_LINEAR)),
-             (_consumer, (q_smem, k_smem, v_smem, kvw_smem, q_bar, kvw_bar, ready, empty,
+             (_consumer, (q_smem, k_smem, v_smem, kvw_smem, q_bar, kvw_bar, k_ready, k_empty, v_ready, v_empty,
                           KEPT, O, KSUM, BIAS, PART_O, PART_LSE, stride_ob, stride_ol, stride_oh, stride_ksum,
                           L, H, n_keep, qk_scale, eps_over_len, programs_per_head, unit0, chunk,
-                          D, BLOCK_M, BLOCK_N, STAGES, PIECES, WITH_LINEAR, ROWS, 0)),
-             (_consumer, (q_smem, k_smem, v_smem, kvw_smem, q_bar, kvw_bar, ready, empty,
+                          D, BLOCK_M, BLOCK_N, STAGES, PIECES, WITH_LINEAR, ROWS, 0, OVERLAP)),
+             (_consumer, (q_smem, k_smem, v_smem, kvw_smem, q_bar, kvw_bar, k_ready, k_empty, v_ready, v_empty,
                           KEPT, O, KSUM, BIAS, PART_O, PART_LSE, stride_ob, stride_ol, stride_oh, stride_ksum,
                           L, H, n_keep, qk_scale, eps_over_len, programs_per_head, unit0, chunk,
-                          D, BLOCK_M, BLOCK_N, STAGES, PIECES, WITH_LINEAR, ROWS, 1))],
+                          D, BLOCK_M, BLOCK_N, STAGES, PIECES, WITH_LINEAR, ROWS, 1, OVERLAP))],
             [4, 4], [CONSUMER_REGS, CONSUMER_REGS])
 
 
@@ -245,5 +322,5 @@ def launch_gluon_attention(q, k, v, kept, kvw, k_sum_mean, bias, out, part_o, pa
             out.stride(0), out.stride(1), out.stride(2), k_sum_mean.stride(1),
             L, H, kept.shape[-1], qk_scale, eps_over_len, programs_per_head, unit0, chunk,
             D=D, BLOCK_M=block_q, BLOCK_N=block_k, STAGES=cfg["stages"], PIECES=pieces, WITH_LINEAR=with_linear,
-            CONSUMER_REGS=cfg["consumer_regs"], num_warps=cfg["num_warps"], enable_fp_fusion=True,
+            CONSUMER_REGS=cfg["consumer_regs"], OVERLAP=cfg["overlap"], num_warps=cfg["num_warps"], enable_fp_fusion=True,
         )

@@ -508,6 +508,23 @@ def test_gpu_the_gluon_kernel_agrees_with_the_triton_kernel_split_or_not_with_or
 
 @pytest.mark.gpu
 @gluon_gpu
+@pytest.mark.parametrize("B, L, H, topk", [(2, 4133, 4, 0.2), (1, 1000, 2, 0.07), (1, 8192, 3, 0.1)],
+                         ids=["ragged-batch-of-2-odd-count", "one-block-one-step", "aligned"])
+def test_gpu_the_gluon_kernels_overlapped_schedule_gives_the_plain_schedules_bits(B, L, H, topk, monkeypatch):
+    """Overlapping step j's softmax with step j-1's P V reorders when work is issued, not the arithmetic."""
+    q, k, v = make_qkv(B, L, H, 128, seed=6, dtype=torch.bfloat16, device="cuda")
+    plan = sla.sla_triton_plan(q, k, v, *make_proj(128, device="cuda"), topk)
+    outs = {}
+    for overlap in (False, True):
+        monkeypatch.setitem(sla_gluon.GLUON_ATTENTION, "overlap", overlap)
+        outs[overlap] = [sla.sla_sparse_attention(q, k, v, *plan, kernel="gluon", wave_slots=slots)
+                         for slots in (0, 5)]
+    for plain, overlapped in zip(outs[False], outs[True]):
+        assert torch.equal(plain, overlapped)
+
+
+@pytest.mark.gpu
+@gluon_gpu
 def test_gpu_sm90_runs_the_gluon_kernel_by_default_and_the_triton_kernel_when_a_variant_is_forced():
     q, k, v = make_qkv(1, 4096, 2, 128, seed=5, dtype=torch.bfloat16, device="cuda")
     plan = sla.sla_triton_plan(q, k, v, *make_proj(128, device="cuda"), 0.1)

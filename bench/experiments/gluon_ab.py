@@ -1,4 +1,4 @@
-"""The warp-specialized Gluon kernel (`kernels/sla_gluon.py`) against the Triton kernel, in one process.
+"""The warp-specialized Gluon kernel (`kernels/sla_gluon.py`), overlapped and plain, against the Triton kernel.
 
     python bench/experiments/gluon_ab.py [--shape 1,32760,12,128] [--rounds 7] [--check]
 
@@ -18,16 +18,25 @@ import torch
 from ab_attention import time_interleaved
 from bench_attention import make_inputs
 
-from kernels import sla
+from kernels import sla, sla_gluon
 
 
 def rel(a, b):
     return float((a.float() - b.float()).norm() / b.float().norm())
 
 
-def full_op(q, k, v, w, b, kernel):
-    plan = sla.sla_triton_plan(q, k, v, w, b, 0.1)
+# name: (kernel, GLUON_ATTENTION["overlap"])
+VARIANTS = {"triton": ("triton", False), "gluon": ("gluon", True), "gluon-plain": ("gluon", False)}
+
+
+def sparse(q, k, v, plan, name):
+    kernel, overlap = VARIANTS[name]
+    sla_gluon.GLUON_ATTENTION["overlap"] = overlap
     return sla.sla_sparse_attention(q, k, v, *plan, kernel=kernel)
+
+
+def full_op(q, k, v, w, b, name):
+    return sparse(q, k, v, sla.sla_triton_plan(q, k, v, w, b, 0.1), name)
 
 
 def profile_launches(fn, n=20):
@@ -52,20 +61,20 @@ def main():
     shape = tuple(map(int, args.shape.split(",")))
     q, k, v, w, b = make_inputs(*shape)
     plan = sla.sla_triton_plan(q, k, v, w, b, 0.1)
-    outs = {kern: sla.sla_sparse_attention(q, k, v, *plan, kernel=kern) for kern in ("triton", "gluon")}
-    again = sla.sla_sparse_attention(q, k, v, *plan, kernel="gluon")
+    outs = {name: sparse(q, k, v, plan, name) for name in VARIANTS}
+    again = sparse(q, k, v, plan, "gluon")
     print(f"shape {shape}: gluon vs triton rel err {rel(outs['gluon'], outs['triton']):.2e}, "
-          f"gluon finite {bool(outs['gluon'].isfinite().all())}, gluon repeat bitwise {torch.equal(again, outs['gluon'])}")
+          f"gluon finite {bool(outs['gluon'].isfinite().all())}, gluon repeat bitwise {torch.equal(again, outs['gluon'])}, "
+          f"overlapped = plain bitwise {torch.equal(outs['gluon'], outs['gluon-plain'])}")
     if args.check:
         ref = sla.sla_reference(q.float(), k.float(), v.float(), w, b, 0.1)
         print(f"  vs fp32 reference: gluon {rel(outs['gluon'], ref):.2e}, triton {rel(outs['triton'], ref):.2e}")
         del ref
-    for kern in ("triton", "gluon"):
-        print(f"{kern} launches (profiler):")
-        profile_launches(lambda kern=kern: sla.sla_sparse_attention(q, k, v, *plan, kernel=kern))
-    fns = {f"{kern} kernel": (lambda kern=kern: sla.sla_sparse_attention(q, k, v, *plan, kernel=kern))
-           for kern in ("triton", "gluon")}
-    fns.update({f"{kern} full op": (lambda kern=kern: full_op(q, k, v, w, b, kern)) for kern in ("triton", "gluon")})
+    for name in VARIANTS:
+        print(f"{name} launches (profiler):")
+        profile_launches(lambda name=name: sparse(q, k, v, plan, name))
+    fns = {f"{name} kernel": (lambda name=name: sparse(q, k, v, plan, name)) for name in VARIANTS}
+    fns.update({f"{name} full op": (lambda name=name: full_op(q, k, v, w, b, name)) for name in VARIANTS})
     time_interleaved(fns, q, k, v, args.rounds)
 
 

@@ -1,6 +1,10 @@
-"""Compile the Gluon GEMM (kernels/gemm_gluon.py) for sm_90 on a machine without a GPU and summarise its resources.
+"""Compile a Gluon kernel for sm_90 on a machine without a GPU and summarise its resources.
 
     PYTHONPATH=/path/to/triton-3.6 python bench/experiments/offline_gluon.py [--epilogue 0|1|2] [--bf16]
+    PYTHONPATH=/path/to/triton-3.6 python bench/experiments/offline_gluon.py --sla [--config '{"overlap": false}']
+
+The GEMM (kernels/gemm_gluon.py) by default; --sla compiles SLA's attention kernel (kernels/sla_gluon.py) at the
+1.3B 480p shape instead.
 
 Arguments are built as the launcher builds them (CPU tensors stand in for device memory), so the signature matches
 what the GPU compiles; prints shared memory, registers per partition budget and spill stack, so a kernel that
@@ -25,6 +29,7 @@ from triton.runtime.jit import mangle_type  # noqa: E402
 
 from bench.experiments.offline_sass import cuobjdump  # noqa: E402
 from kernels import gemm_gluon as gg  # noqa: E402
+from kernels import sla_gluon  # noqa: E402
 from kernels.fp8_linear import FP8_DTYPE  # noqa: E402
 
 
@@ -36,14 +41,36 @@ def compile_sm90(fn, args: dict, constexprs: dict, options: dict):
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
 
 
+def compile_sla(overrides: dict):
+    """The attention kernel as `launch_gluon_attention` launches it at 1.3B 480p (one program per q-block)."""
+    B, L, H, D, bq, bk = 1, 32760, 12, 128, 128, 64
+    cfg = {**sla_gluon.GLUON_ATTENTION, **overrides}
+    flat = torch.empty(B * L, H * D, dtype=torch.bfloat16)
+    desc = lambda rows: sla_gluon.TensorDescriptor.from_tensor(  # noqa: E731
+        flat, [rows, D], sla_gluon._nvmma_layout([rows, D], torch.bfloat16))
+    f32, i32 = torch.empty(4, dtype=torch.float32), torch.empty(4, dtype=torch.int32)
+    kargs = dict(q_desc=desc(bq), k_desc=desc(bk), v_desc=desc(bk), kvw_desc=desc(D), KEPT=i32,
+                 O=torch.empty(4, dtype=torch.bfloat16), KSUM=f32, BIAS=f32, PART_O=f32, PART_LSE=f32,
+                 stride_ob=L * H * D, stride_ol=H * D, stride_oh=D, stride_ksum=H * D, L=L, H=H, n_keep=51,
+                 qk_scale=0.1, eps_over_len=1e-9, programs_per_head=256, unit0=0, chunk=52)
+    consts = dict(D=D, BLOCK_M=bq, BLOCK_N=bk, STAGES=cfg["stages"], PIECES=1, WITH_LINEAR=True,
+                  CONSUMER_REGS=cfg["consumer_regs"], OVERLAP=cfg["overlap"])
+    return compile_sm90(sla_gluon._sla_attention_gluon_kernel, kargs, consts,
+                        dict(num_warps=cfg["num_warps"], enable_fp_fusion=True)), cfg
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--sla", action="store_true", help="the SLA attention kernel instead of the GEMM")
     ap.add_argument("--epilogue", type=int, default=1)
     ap.add_argument("--bf16", action="store_true", help="bf16 operands (the o projections)")
     ap.add_argument("--gate", action="store_true")
     ap.add_argument("--ptx", help="write the PTX here")
     ap.add_argument("--config", default="{}", help="JSON overrides of GLUON_GEMM (BLOCK_M, BLOCK_N, STAGES, ...)")
     args = ap.parse_args()
+    if args.sla:
+        compiled, cfg = compile_sla(json.loads(args.config))
+        return report(compiled, f"sla {cfg}", args.ptx)
     M, N, K = 32760, 1536 if args.epilogue != 1 else 8960, 1536
     dt = torch.bfloat16 if args.bf16 else FP8_DTYPE
     cfg = {**gg.GLUON_GEMM, **json.loads(args.config)}
@@ -59,14 +86,18 @@ def main():
                   EPILOGUE=args.epilogue, HAS_GATE=args.gate, CONSUMER_REGS=cfg["consumer_regs"])
     compiled = compile_sm90(gg._gemm_gluon_kernel, kargs, consts,
                             dict(num_warps=cfg["num_warps"], enable_fp_fusion=True))
+    report(compiled, f"epilogue {args.epilogue} {'bf16' if args.bf16 else 'fp8'}", args.ptx)
+
+
+def report(compiled, what: str, ptx_path=None):
     usage = cuobjdump(compiled.asm["cubin"], "-res-usage")
-    print(f"triton {triton.__version__}: epilogue {args.epilogue} {'bf16' if args.bf16 else 'fp8'}: shared "
+    print(f"triton {triton.__version__}: {what}: shared "
           f"{compiled.metadata.shared // 1024} KB, " + " ".join(re.findall(r"(?:REG|STACK):\d+", usage)))
     ptx = compiled.asm["ptx"]
     print("setmaxnreg:", sorted(set(re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx))),
           "| local (spill) ld/st in PTX:", len(re.findall(r"\b(?:ld|st)\.local", ptx)))
-    if args.ptx:
-        Path(args.ptx).write_text(ptx)
+    if ptx_path:
+        Path(ptx_path).write_text(ptx)
 
 
 if __name__ == "__main__":
