@@ -112,17 +112,18 @@ if gluon is not None:
         return gl.where(real[None, :], qk, float("-inf"))
 
     @gluon.jit
-    def _finish(acc, m_i, l_i, q_rows, kvw_smem, kvw_bar, O, KSUM, BIAS, PART_O, PART_LSE,
+    def _finish(acc, m_i, l_i, qf, kvw_smem, kvw_bar, O, KSUM, BIAS, PART_O, PART_LSE,
                 stride_ob, stride_ol, stride_oh, stride_ksum, L, b, h, pid_m, pid_bh, eps_over_len,
                 D: gl.constexpr, BLOCK_M: gl.constexpr, PIECES: gl.constexpr, WITH_LINEAR: gl.constexpr,
                 ROWS: gl.constexpr, CID: gl.constexpr):
-        """Normalize, then store a piece's partial and log-sum-exp, or add the linear branch and store the rows."""
+        """Normalize, then store a piece's partial and log-sum-exp, or add the linear branch and store the rows.
+        qf: the rows' q in float32 (o's layout) for the linear branch; read only when it runs (PIECES == 1)."""
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                            instr_shape=[16, D, 16])
         a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
         row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
         col_o: gl.constexpr = gl.SliceLayout(0, o_layout)
-        dtype: gl.constexpr = q_rows.dtype
+        dtype: gl.constexpr = kvw_smem.dtype
         acc = acc / gl.convert_layout(l_i, row_o)[:, None]
         rows = pid_m * BLOCK_M + CID * ROWS + gl.arange(0, ROWS, layout=row_o)
         offs_d = gl.arange(0, D, layout=col_o)
@@ -134,7 +135,6 @@ if gluon is not None:
             gl.store(PART_LSE + slot, lse)
         else:
             if WITH_LINEAR:  # o_l = [(phi(q) * s) / (phi(q) . s + eps / L)] @ KVW + bias, see the Triton kernel
-                qf = q_rows.load(o_layout).to(gl.float32)
                 e = gl.exp2((qf - gl.max(qf, axis=1)[:, None]) * _LOG2E)
                 w = e * gl.load(KSUM + pid_bh.to(gl.int64) * stride_ksum + offs_d)[None, :]
                 denom = gl.sum(w, axis=1) + eps_over_len * gl.sum(e, axis=1)
@@ -239,7 +239,11 @@ if gluon is not None:
                 mbarrier.arrive(v_empty.index(s), count=1)
                 m_i = m_ij
 
-        _finish(acc, m_i, l_i, q_rows, kvw_smem, kvw_bar, O, KSUM, BIAS, PART_O, PART_LSE,
+        if WITH_LINEAR and PIECES == 1:
+            qf = q_rows.load(o_layout).to(gl.float32)
+        else:
+            qf = acc  # not read
+        _finish(acc, m_i, l_i, qf, kvw_smem, kvw_bar, O, KSUM, BIAS, PART_O, PART_LSE,
                 stride_ob, stride_ol, stride_oh, stride_ksum, L, b, h, pid_m, pid_bh, eps_over_len,
                 D, BLOCK_M, PIECES, WITH_LINEAR, ROWS, CID)
 

@@ -70,8 +70,9 @@ def test_a_gluon_kernel_that_fails_falls_back_to_the_triton_kernel_once_and_loud
 
 
 @pytest.mark.skipif(not gluon_can_compile_offline(), reason="needs Triton with Gluon and its CUDA tools")
-@pytest.mark.parametrize("flags", [["--epilogue", "1"], ["--epilogue", "2", "--gate", "--bf16"], ["--sla"]],
-                         ids=["ffn-up-gelu-quant", "bf16-gated-residual", "sla-attention"])  # the default routes
+@pytest.mark.parametrize("flags", [["--epilogue", "1"], ["--epilogue", "2", "--gate", "--bf16"], ["--sla"],
+                                   ["--sla8"]],
+                         ids=["ffn-up-gelu-quant", "bf16-gated-residual", "sla-attention", "sla-attention-8bit"])
 def test_the_gluon_kernels_compile_for_hopper_in_one_program_per_sm_without_spilling(flags):
     proc = subprocess.run([sys.executable, "bench/experiments/offline_gluon.py", *flags], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)

@@ -2,9 +2,10 @@
 
     PYTHONPATH=/path/to/triton-3.6 python bench/experiments/offline_gluon.py [--epilogue 0|1|2] [--bf16]
     PYTHONPATH=/path/to/triton-3.6 python bench/experiments/offline_gluon.py --sla [--config '{"overlap": false}']
+    PYTHONPATH=/path/to/triton-3.6 python bench/experiments/offline_gluon.py --sla8 [--config '{"stages": 4}']
 
 The GEMM (kernels/gemm_gluon.py) by default; --sla compiles SLA's attention kernel (kernels/sla_gluon.py) at the
-1.3B 480p shape instead.
+1.3B 480p shape instead, --sla8 its 8-bit experiment (kernels/sla_gluon_8bit.py).
 
 Arguments are built as the launcher builds them (CPU tensors stand in for device memory), so the signature matches
 what the GPU compiles; prints shared memory, registers per partition budget and spill stack, so a kernel that
@@ -29,7 +30,7 @@ from triton.runtime.jit import mangle_type  # noqa: E402
 
 from bench.experiments.offline_sass import cuobjdump  # noqa: E402
 from kernels import gemm_gluon as gg  # noqa: E402
-from kernels import sla_gluon  # noqa: E402
+from kernels import sla_gluon, sla_gluon_8bit  # noqa: E402
 from kernels.fp8_linear import FP8_DTYPE  # noqa: E402
 
 
@@ -59,8 +60,33 @@ def compile_sla(overrides: dict):
                         dict(num_warps=cfg["num_warps"], enable_fp_fusion=True)), cfg
 
 
+def compile_sla8(overrides: dict):
+    """The 8-bit SLA kernel as `sla_sparse_attention_8bit` launches it at 1.3B 480p."""
+    B, L, H, D, nk = 1, 32760, 12, 128, 512
+    cfg = sla_gluon_8bit.SLA_8BIT
+    saved = dict(cfg)
+    cfg.update(overrides)
+    try:
+        q = torch.empty(B, L, H, D, dtype=torch.bfloat16)
+        i8 = torch.empty(B, L, H, D, dtype=torch.int8)
+        f32 = torch.empty(B, H, L, dtype=torch.float32)
+        vt8 = torch.empty(B, H, D, -(-L // 16) * 16, dtype=torch.float8_e4m3fn)
+        quantized = (i8, f32, i8, f32, vt8, f32)
+        kept = torch.empty(B, H, 256, 51, dtype=torch.int32)
+        _, args, consts = sla_gluon_8bit.kernel_arguments(
+            q, quantized, kept, torch.empty(B, H, D, D, dtype=torch.bfloat16), torch.empty(B, H, D), torch.empty(D),
+            torch.empty_like(q))
+        compiled = compile_sm90(sla_gluon_8bit._sla_attention_8bit_kernel, args, consts,
+                                dict(num_warps=cfg["num_warps"], enable_fp_fusion=True))
+        return compiled, dict(cfg)
+    finally:
+        cfg.clear()
+        cfg.update(saved)
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--sla8", action="store_true", help="the 8-bit SLA attention experiment")
     ap.add_argument("--sla", action="store_true", help="the SLA attention kernel instead of the GEMM")
     ap.add_argument("--epilogue", type=int, default=1)
     ap.add_argument("--bf16", action="store_true", help="bf16 operands (the o projections)")
@@ -71,6 +97,9 @@ def main():
     if args.sla:
         compiled, cfg = compile_sla(json.loads(args.config))
         return report(compiled, f"sla {cfg}", args.ptx)
+    if args.sla8:
+        compiled, cfg = compile_sla8(json.loads(args.config))
+        return report(compiled, f"sla 8-bit {cfg}", args.ptx)
     M, N, K = 32760, 1536 if args.epilogue != 1 else 8960, 1536
     dt = torch.bfloat16 if args.bf16 else FP8_DTYPE
     cfg = {**gg.GLUON_GEMM, **json.loads(args.config)}
