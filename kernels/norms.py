@@ -368,6 +368,45 @@ def layernorm_affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
     return layernorm_affine_ref(x, weight, bias, eps)
 
 
+# =========================================================================================== layernorm_affine_fp8
+def layernorm_affine_fp8_ref(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The composition the fused kernel replaces: `layernorm_affine` (rounded to x.dtype), then per-token e4m3
+    quantization of its rows -> (xq [B*L, C] e4m3fn, xs [B*L] fp32)."""
+    return fp8.quantize_per_token_fp8_ref(layernorm_affine_ref(x, weight, bias, eps).reshape(-1, x.shape[-1]))
+
+
+def layernorm_affine_fp8_triton(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-6, *,
+    config: dict | None = None, hw_cvt: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused `layernorm_affine` + `quantize_per_token_fp8` (the cross-attention's norm3 in front of its FP8 q
+    projection): one read of x, 1-byte rows + scales out. Same kernel and launch as `layernorm_affine_triton`, so
+    bit for bit the composition of the two kernels."""
+    B, L, C = x.shape
+    x = x.contiguous()
+    w = _per_batch_vector(weight.float(), B, C, "weight")
+    b = _per_batch_vector(bias.float(), B, C, "bias")
+    xq = torch.empty((B * L, C), dtype=fp8.FP8_DTYPE, device=x.device)
+    xs = torch.empty((B * L,), dtype=torch.float32, device=x.device)
+    if x.numel() == 0:
+        return xq, xs
+    hw = (fp8.HW_FP8_CVT if hw_cvt is None else hw_cvt) and x.is_cuda
+    _layernorm_launch(x, b, w, xq, xs, eps, norm_dtype=torch.float32, one_plus=False, config=config, hw_cvt=hw)
+    return xq, xs
+
+
+def layernorm_affine_fp8(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [B, L, C] -> per-token fp8 rows of LayerNorm(x) * weight + bias (rounded to x.dtype first): exactly
+    `quantize_per_token_fp8(layernorm_affine(...).reshape(-1, C))`, in one kernel where Triton's fp8 casts run."""
+    if fp8._use_triton(x):
+        return layernorm_affine_fp8_triton(x, weight, bias, eps)
+    return fp8.quantize_per_token_fp8(layernorm_affine(x, weight, bias, eps).reshape(-1, x.shape[-1]))
+
+
 # =========================================================================================== gated_residual
 def gated_residual_ref(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     """x + y * gate with torch's type promotion: exactly what the model code writes.

@@ -73,13 +73,17 @@ def forward_with_and_without_norm_quantization(m, args, monkeypatch):
 
 @pytest.mark.parametrize("keep", [(), DEFAULT_KEEP_BF16], ids=["all-fp8", "default-keep"])
 def test_fp8_q_k_v_and_ffn_take_their_rows_from_the_fused_norm_quantizer_with_the_same_output(keep, monkeypatch):
-    """Self-attention q/k/v and the FFN are FP8 in both layouts (DEFAULT_KEEP_BF16 keeps only o and the cross-
-    attention k/v), so each block feeds both from `layernorm_modulate_fp8`; the output bits do not change."""
+    """Self-attention q/k/v, the FFN and the cross-attention q are FP8 in both layouts (DEFAULT_KEEP_BF16 keeps only
+    the o projections and the cross-attention k/v), so each block feeds them from `layernorm_modulate_fp8` (norm1,
+    norm2) and `layernorm_affine_fp8` (norm3); the output bits do not change."""
     m = forced_fused(quantize_linears_(random_dit(tiny_config(), seed=3, dtype=torch.bfloat16).eval(), keep=keep))
     x, t, context = inputs(m.cfg, batch=2)
     calls = counting_fused_norm_quantizer(monkeypatch)
+    affine_calls, real_affine = [], dit.layernorm_affine_fp8
+    monkeypatch.setattr(dit, "layernorm_affine_fp8", lambda *a: affine_calls.append(a[0].shape) or real_affine(*a))
     fused, unfused = forward_with_and_without_norm_quantization(m, (x, t, context), monkeypatch)
     assert len(calls) == 2 * m.cfg.num_layers
+    assert len(affine_calls) == m.cfg.num_layers
     assert torch.equal(fused, unfused)
 
 

@@ -20,6 +20,8 @@ from kernels.norms import (
     gated_residual_ref,
     layernorm_affine,
     layernorm_affine_ref,
+    layernorm_affine_fp8,
+    layernorm_affine_fp8_ref,
     layernorm_modulate,
     layernorm_modulate_fp8,
     layernorm_modulate_fp8_ref,
@@ -201,6 +203,16 @@ def test_layernorm_modulate_fp8_ref_quantizes_the_modulated_rows_rounded_to_the_
     assert same_fp8(layernorm_modulate_fp8(x, shift, scale), (q, s))  # CPU: the public op is the composition
 
 
+def test_layernorm_affine_fp8_ref_quantizes_the_affine_rows_rounded_to_the_activation_dtype():
+    x, _, shift, scale, _, _ = make_inputs(2, 5, 48, 3, torch.bfloat16)
+    weight, bias = 1.0 + scale[0, 0], shift[0, 0]
+    q, s = layernorm_affine_fp8_ref(x, weight, bias)
+    want = quantize_per_token_fp8_ref(layernorm_affine_ref(x, weight, bias).reshape(-1, 48))
+    assert q.shape == (10, 48) and q.dtype == torch.float8_e4m3fn and s.shape == (10,)
+    assert same_fp8((q, s), want)
+    assert same_fp8(layernorm_affine_fp8(x, weight, bias), (q, s))  # CPU: the public op is the composition
+
+
 def test_launch_configs_give_each_row_whole_warps_and_each_thread_one_16_byte_vector_per_segment():
     """The contract of the tiling (see kernels/norms.py): per-row sums stay inside a warp up to 2048 bf16 columns,
     no lanes are padded at the DiT widths, and ROWS x SEG = 32 lanes x one vector x num_warps, which pins Triton's
@@ -282,6 +294,13 @@ INTERPRET_SCRIPT = textwrap.dedent(
             out[f"fp8_{C}_{xd}"] = [same_fp8(fused, composed), same_fp8(fused, N.layernorm_modulate_fp8_triton(
                 x, shift, scale)), mismatch(fused[0].view(torch.uint8), ref[0].view(torch.uint8)),
                 float(((fused[1] - ref[1]).abs() / ref[1]).max())]
+            weight, bias = 1.0 + scale[0, 0], shift[0, 0]  # the cross-attention's affine norm3
+            fused = N.layernorm_affine_fp8(x, weight, bias)
+            composed = F8.quantize_per_token_fp8(N.layernorm_affine(x, weight, bias).reshape(-1, C))
+            ref = N.layernorm_affine_fp8_ref(x, weight, bias)
+            out[f"fp8a_{C}_{xd}"] = [same_fp8(fused, composed), same_fp8(fused, N.layernorm_affine_fp8_triton(
+                x, weight, bias)), mismatch(fused[0].view(torch.uint8), ref[0].view(torch.uint8)),
+                float(((fused[1] - ref[1]).abs() / ref[1]).max())]
     # a row's bits do not depend on which rows share its program: drop the first token (so every program holds
     # other rows) and compare what remains
     x, y, shift, scale, gate, weight = make_inputs(1, 21, 1536, 12, bf16, seed=9)
@@ -338,11 +357,11 @@ def test_affine_layernorm_and_plain_rmsnorm_kernels_in_interpreter_mode_match_th
         assert dtype_ok and close and frac < 0.05, (name, frac)
 
 
-def test_fused_layernorm_fp8_kernel_in_interpreter_mode_is_bitwise_the_two_kernels_it_replaces(interpreted):
+def test_fused_layernorm_fp8_kernels_in_interpreter_mode_are_bitwise_the_two_kernels_they_replace(interpreted):
     """And against the torch composition (another mean/variance summation order) only the rare rounding flips
     differ: a few codes, and scales within one bf16 rounding of the row's amax."""
-    cases = {k: v for k, v in interpreted.items() if k.startswith("fp8_")}
-    assert len(cases) == 6
+    cases = {k: v for k, v in interpreted.items() if k.startswith(("fp8_", "fp8a_"))}
+    assert len(cases) == 12  # modulated (norm1, norm2) and affine (norm3) LayerNorms
     for name, (same_as_composition, same_as_triton_entry, codes_differing, scale_rel) in cases.items():
         assert same_as_composition and same_as_triton_entry, name
         assert codes_differing < 0.05 and scale_rel <= 2.0**-7, (name, codes_differing, scale_rel)

@@ -42,6 +42,7 @@ from kernels.fp8_linear import FP8Linear, fp8_ffn_gelu, fp8_ffn_gelu_quantized, 
 from kernels.norms import (
     gated_residual,
     layernorm_affine,
+    layernorm_affine_fp8,
     layernorm_modulate,
     layernorm_modulate_fp8,
     rmsnorm,
@@ -158,6 +159,15 @@ def modulated_input(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, e
     if fp8_rows:
         return Fp8Rows(*layernorm_modulate_fp8(x, shift, scale, eps), x.shape, x.dtype)
     return layernorm_modulate(x, shift, scale, eps)
+
+
+def affine_input(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                 fp8_rows: bool) -> torch.Tensor | Fp8Rows:
+    """LN(x) * weight + bias (the cross-attention's norm3) for the next Linear, as per-token fp8 rows when
+    `fp8_rows`: the same bits as quantizing the bf16 output, one pass over the activation saved."""
+    if fp8_rows:
+        return Fp8Rows(*layernorm_affine_fp8(x, weight, bias, eps), x.shape, x.dtype)
+    return layernorm_affine(x, weight, bias, eps)
 
 
 def project(x: torch.Tensor | Fp8Rows, *linears: nn.Module) -> list[torch.Tensor]:
@@ -310,10 +320,11 @@ class CrossAttention(nn.Module):
     def forward_fused(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         return self.o(self.attend_fused(x, context))
 
-    def attend_fused(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """`forward` up to the output projection, through the fused RMSNorm kernel."""
+    def attend_fused(self, x: torch.Tensor | Fp8Rows, context: torch.Tensor) -> torch.Tensor:
+        """`forward` up to the output projection, through the fused RMSNorm kernel; x may arrive as fp8 rows when
+        q is FP8 (see `affine_input`)."""
         heads = (self.num_heads, -1)
-        q = rmsnorm(self.q(x), self.norm_q.weight, self.norm_q.eps, weight_in_fp32=True).unflatten(2, heads)
+        q = rmsnorm(project(x, self.q)[0], self.norm_q.weight, self.norm_q.eps, weight_in_fp32=True).unflatten(2, heads)
         k, v = project(context, self.k, self.v)
         k = rmsnorm(k, self.norm_k.weight, self.norm_k.eps, weight_in_fp32=True).unflatten(2, heads)
         return attention(q, k, v.unflatten(2, heads), "dense").flatten(2)
@@ -409,7 +420,7 @@ class Block(nn.Module):
             x = linear_residual(a, sa.o, x, gate_sa, out=torch.empty_like(x))
         else:
             x = gated_residual(x, sa.o(a), gate_sa)
-        a = ca.attend_fused(layernorm_affine(x, self.norm3.weight, self.norm3.bias, eps), context)
+        a = ca.attend_fused(affine_input(x, self.norm3.weight, self.norm3.bias, eps, quantize_in_norm(ca.q)), context)
         if fuse and fuses_epilogue(a, ca.o):
             linear_residual(a, ca.o, x, None)
         else:
