@@ -44,6 +44,24 @@ VARIANTS = {"bf16": ("dense", None), "fp8": ("dense", DEFAULT_KEEP_BF16), "fp8-a
             "sla": ("sla", None), "fp8+sla": ("sla", DEFAULT_KEEP_BF16), "fp8-all+sla": ("sla", ())}
 
 
+def forward_inputs(model: str = "1.3b", res: str = "480p", frames: int = 81, device: str = "cuda"):
+    """(config, latents, timestep, text context): the random inputs of every forward benchmark (seed first)."""
+    cfg = DiTConfig(**MODELS[model])
+    h, w = LATENT[res]
+    x = torch.randn(1, 16, 1 + (frames - 1) // 4, h, w, device=device, dtype=torch.bfloat16)
+    ts = torch.tensor([900.0], device=device)
+    ctx = torch.randn(1, 512, 4096, device=device, dtype=torch.bfloat16)
+    return cfg, x, ts, ctx
+
+
+def default_model(cfg: DiTConfig, device: str = "cuda"):
+    """The DiT as served by default: random weights, FP8 with the default keep-set, SLA at top-k 0.1."""
+    model = random_dit(cfg, 0, device=device, dtype=torch.bfloat16, on_device=True).eval().requires_grad_(False)
+    quantize_linears_(model, keep=DEFAULT_KEEP_BF16)
+    model.set_attention("sla", 0.1)
+    return model
+
+
 def timed(fn, warmup=2, iters=5):
     return cuda_median_ms(fn, warmup, iters, reset_peak=False)[0]  # the peak also covers the untimed forwards
 
@@ -91,14 +109,9 @@ def main():
     args = ap.parse_args()
 
     torch.manual_seed(0)
-    cfg = DiTConfig(**MODELS[args.model])
-    h, w = LATENT[args.res]
-    t = 1 + (args.frames - 1) // 4
     dev = "cuda"
-    x = torch.randn(1, 16, t, h, w, device=dev, dtype=torch.bfloat16)
-    ts = torch.tensor([900.0], device=dev)
-    ctx = torch.randn(1, 512, 4096, device=dev, dtype=torch.bfloat16)
-    tokens = t * h * w // 4
+    cfg, x, ts, ctx = forward_inputs(args.model, args.res, args.frames, dev)
+    tokens = x.shape[2] * x.shape[3] * x.shape[4] // 4
     print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | Wan {args.model} {args.res} {args.frames}f "
           f"= {tokens} tokens | SLA topk {args.topk}")
     results = []

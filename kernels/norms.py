@@ -315,16 +315,24 @@ def layernorm_modulate_fp8_triton(
     """Fused `layernorm_modulate` + `quantize_per_token_fp8`: reads x once and writes 1-byte rows + scales instead of
     writing bf16 rows that the quantize kernel reads back. Same kernel and launch as `layernorm_modulate_triton`,
     so the same reductions in the same order: bit for bit the composition of the two kernels."""
-    B, L, C = x.shape
-    x = x.contiguous()
+    B, _, C = x.shape
     shift = _per_batch_vector(shift, B, C, "shift").float()
     scale = _per_batch_vector(scale, B, C, "scale").float()
+    return _layernorm_fp8_launch(x, shift, scale, eps, norm_dtype=x.dtype, one_plus=True, config=config,
+                                 hw_cvt=hw_cvt)
+
+
+def _layernorm_fp8_launch(x, shift_or_bias, scale_or_weight, eps, *, norm_dtype, one_plus, config, hw_cvt):
+    """The LayerNorm kernel writing per-token fp8 rows: (xq [B*L, C] e4m3fn, xs [B*L] fp32)."""
+    B, L, C = x.shape
+    x = x.contiguous()
     xq = torch.empty((B * L, C), dtype=fp8.FP8_DTYPE, device=x.device)
     xs = torch.empty((B * L,), dtype=torch.float32, device=x.device)
     if x.numel() == 0:
         return xq, xs
     hw = (fp8.HW_FP8_CVT if hw_cvt is None else hw_cvt) and x.is_cuda
-    _layernorm_launch(x, shift, scale, xq, xs, eps, norm_dtype=x.dtype, one_plus=True, config=config, hw_cvt=hw)
+    _layernorm_launch(x, shift_or_bias, scale_or_weight, xq, xs, eps, norm_dtype=norm_dtype, one_plus=one_plus,
+                      config=config, hw_cvt=hw)
     return xq, xs
 
 
@@ -384,17 +392,10 @@ def layernorm_affine_fp8_triton(
     """Fused `layernorm_affine` + `quantize_per_token_fp8` (the cross-attention's norm3 in front of its FP8 q
     projection): one read of x, 1-byte rows + scales out. Same kernel and launch as `layernorm_affine_triton`, so
     bit for bit the composition of the two kernels."""
-    B, L, C = x.shape
-    x = x.contiguous()
+    B, _, C = x.shape
     w = _per_batch_vector(weight.float(), B, C, "weight")
     b = _per_batch_vector(bias.float(), B, C, "bias")
-    xq = torch.empty((B * L, C), dtype=fp8.FP8_DTYPE, device=x.device)
-    xs = torch.empty((B * L,), dtype=torch.float32, device=x.device)
-    if x.numel() == 0:
-        return xq, xs
-    hw = (fp8.HW_FP8_CVT if hw_cvt is None else hw_cvt) and x.is_cuda
-    _layernorm_launch(x, b, w, xq, xs, eps, norm_dtype=torch.float32, one_plus=False, config=config, hw_cvt=hw)
-    return xq, xs
+    return _layernorm_fp8_launch(x, b, w, eps, norm_dtype=torch.float32, one_plus=False, config=config, hw_cvt=hw_cvt)
 
 
 def layernorm_affine_fp8(

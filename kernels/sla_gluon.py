@@ -112,6 +112,15 @@ if gluon is not None:
         return gl.where(real[None, :], qk, float("-inf"))
 
     @gluon.jit
+    def _online_softmax(qk, m_i, l_i, qk_scale):
+        """One step of the online softmax on raw logits: (p, new row max in base-2 units, new row sum, the
+        accumulator's rescale factor)."""
+        m_ij = gl.maximum(m_i, gl.max(qk, axis=1) * qk_scale)
+        p = gl.exp2(qk * qk_scale - m_ij[:, None])
+        alpha = gl.exp2(m_i - m_ij)
+        return p, m_ij, l_i * alpha + gl.sum(p, axis=1), alpha
+
+    @gluon.jit
     def _finish(acc, m_i, l_i, qf, kvw_smem, kvw_bar, O, KSUM, BIAS, PART_O, PART_LSE,
                 stride_ob, stride_ol, stride_oh, stride_ksum, L, b, h, pid_m, pid_bh, eps_over_len,
                 D: gl.constexpr, BLOCK_M: gl.constexpr, PIECES: gl.constexpr, WITH_LINEAR: gl.constexpr,
@@ -208,10 +217,7 @@ if gluon is not None:
                 mbarrier.arrive(k_empty.index(s), count=1)
                 if mask_last and j == n_steps - 1:
                     qk = _mask_last_step(qk, kept, lo, last, j, L, BLOCK_N, KEYS, col_s)
-                m_ij = gl.maximum(m_i, gl.max(qk, axis=1) * qk_scale)
-                p = gl.exp2(qk * qk_scale - m_ij[:, None])
-                alpha = gl.exp2(m_i - m_ij)
-                l_i = l_i * alpha + gl.sum(p, axis=1)
+                p, m_ij, l_i, alpha = _online_softmax(qk, m_i, l_i, qk_scale)
                 acc, p_op = warpgroup_mma_wait(0, deps=[acc_tok, p_op])
                 mbarrier.arrive(v_empty.index(sp), count=1)
                 acc = acc * gl.convert_layout(alpha, row_o)[:, None]
@@ -229,10 +235,7 @@ if gluon is not None:
                 mbarrier.arrive(k_empty.index(s), count=1)
                 if mask_last and j == n_steps - 1:
                     qk = _mask_last_step(qk, kept, lo, last, j, L, BLOCK_N, KEYS, col_s)
-                m_ij = gl.maximum(m_i, gl.max(qk, axis=1) * qk_scale)
-                p = gl.exp2(qk * qk_scale - m_ij[:, None])
-                alpha = gl.exp2(m_i - m_ij)
-                l_i = l_i * alpha + gl.sum(p, axis=1)
+                p, m_ij, l_i, alpha = _online_softmax(qk, m_i, l_i, qk_scale)
                 acc = acc * gl.convert_layout(alpha, row_o)[:, None]
                 mbarrier.wait(v_ready.index(s), (j // STAGES) & 1)
                 acc = warpgroup_mma(gl.convert_layout(p.to(dtype), a_layout), v_smem.index(s), acc)
@@ -246,6 +249,25 @@ if gluon is not None:
         _finish(acc, m_i, l_i, qf, kvw_smem, kvw_bar, O, KSUM, BIAS, PART_O, PART_LSE,
                 stride_ob, stride_ol, stride_oh, stride_ksum, L, b, h, pid_m, pid_bh, eps_over_len,
                 D, BLOCK_M, PIECES, WITH_LINEAR, ROWS, CID)
+
+    @gluon.jit
+    def _barriers(STAGES: gl.constexpr):
+        """The q tile's and the linear matrix's barriers, and ready/empty barriers of the K and V rings, initialised
+        (an empty stage waits for both consumer warpgroups)."""
+        q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        kvw_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        mbarrier.init(q_bar, count=1)
+        mbarrier.init(kvw_bar, count=1)
+        for i in gl.static_range(STAGES):
+            mbarrier.init(k_ready.index(i), count=1)
+            mbarrier.init(v_ready.index(i), count=1)
+            mbarrier.init(k_empty.index(i), count=2)
+            mbarrier.init(v_empty.index(i), count=2)
+        return q_bar, kvw_bar, k_ready, k_empty, v_ready, v_empty
 
     @gluon.jit
     def _sla_attention_gluon_kernel(
@@ -262,19 +284,7 @@ if gluon is not None:
         k_smem = gl.allocate_shared_memory(dtype, [STAGES, 2 * BLOCK_N, D], k_desc.layout)
         v_smem = gl.allocate_shared_memory(dtype, [STAGES, 2 * BLOCK_N, D], v_desc.layout)
         kvw_smem = gl.allocate_shared_memory(dtype, [D, D], kvw_desc.layout)
-        q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-        kvw_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-        k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        mbarrier.init(q_bar, count=1)
-        mbarrier.init(kvw_bar, count=1)
-        for i in gl.static_range(STAGES):
-            mbarrier.init(k_ready.index(i), count=1)
-            mbarrier.init(v_ready.index(i), count=1)
-            mbarrier.init(k_empty.index(i), count=2)  # one arrive per consumer warpgroup
-            mbarrier.init(v_empty.index(i), count=2)
+        q_bar, kvw_bar, k_ready, k_empty, v_ready, v_empty = _barriers(STAGES)
         gl.warp_specialize(
             [(_producer, (q_desc, k_desc, v_desc, kvw_desc, q_smem, k_smem, v_smem, kvw_smem, q_bar, kvw_bar,
                           k_ready, k_empty, v_ready, v_empty, KEPT, L, H, n_keep, programs_per_head, unit0, chunk,

@@ -30,7 +30,7 @@ from kernels import sla_gluon
 
 gluon = sla_gluon.gluon
 if gluon is not None:
-    from kernels.sla_gluon import (_finish, _kept_range, _tma_load, _unit_of_program, gl, mbarrier,
+    from kernels.sla_gluon import (_barriers, _finish, _kept_range, _tma_load, _unit_of_program, gl, mbarrier,
                                    warpgroup_mma, warpgroup_mma_wait)
 
 FP8_MAX = 448.0
@@ -237,19 +237,7 @@ if gluon is not None:
         k_smem = gl.allocate_shared_memory(gl.int8, [STAGES, 2 * BLOCK_N, D], k_desc.layout)
         v_smem = gl.allocate_shared_memory(gl.float8e4nv, [2 * STAGES, D, BLOCK_N], vt_desc.layout)
         kvw_smem = gl.allocate_shared_memory(gl.bfloat16, [D, D], kvw_desc.layout)
-        q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-        kvw_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-        k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        mbarrier.init(q_bar, count=1)
-        mbarrier.init(kvw_bar, count=1)
-        for i in gl.static_range(STAGES):
-            mbarrier.init(k_ready.index(i), count=1)
-            mbarrier.init(v_ready.index(i), count=1)
-            mbarrier.init(k_empty.index(i), count=2)  # one arrive per consumer warpgroup
-            mbarrier.init(v_empty.index(i), count=2)
+        q_bar, kvw_bar, k_ready, k_empty, v_ready, v_empty = _barriers(STAGES)
         gl.warp_specialize(
             [(_producer8, (q_desc, k_desc, vt_desc, kvw_desc, q_smem, k_smem, v_smem, kvw_smem, q_bar, kvw_bar,
                            k_ready, k_empty, v_ready, v_empty, KEPT, L, H, n_keep, programs_per_head,

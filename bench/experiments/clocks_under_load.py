@@ -19,12 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from bench_attention import make_inputs
-from bench_forward import LATENT, MODELS
+from bench_forward import default_model, forward_inputs
 
 from kernels import sla, sla_gluon
-from turbo_batch.models.dit import DiTConfig
-from turbo_batch.models.dit_checkpoints import random_dit
-from turbo_batch.models.quantize import DEFAULT_KEEP_BF16, quantize_linears_
 
 QUERY = "timestamp,clocks.sm,power.draw,clocks_throttle_reasons.active"
 
@@ -71,15 +68,9 @@ def main():
     smi = subprocess.Popen(["nvidia-smi", f"--query-gpu={QUERY}", "--format=csv,noheader", "-lms", "50"],
                            stdout=log)
     torch.manual_seed(0)
-    cfg = DiTConfig(**MODELS["1.3b"])
-    h, w = LATENT["480p"]
-    x = torch.randn(1, 16, 21, h, w, device="cuda", dtype=torch.bfloat16)
-    ts = torch.tensor([900.0], device="cuda")
-    ctx = torch.randn(1, 512, 4096, device="cuda", dtype=torch.bfloat16)
-    model = random_dit(cfg, 0, device="cuda", dtype=torch.bfloat16, on_device=True).eval().requires_grad_(False)
-    quantize_linears_(model, keep=DEFAULT_KEEP_BF16)
-    model.set_attention("sla", 0.1)
-    q, k, v, wt, b = make_inputs(1, x.shape[2] * h * w // 4, cfg.num_heads, 128)
+    cfg, x, ts, ctx = forward_inputs("1.3b", "480p")
+    model = default_model(cfg)
+    q, k, v, wt, b = make_inputs(1, x.shape[2] * x.shape[3] * x.shape[4] // 4, cfg.num_heads, 128)
     plan = sla.sla_triton_plan(q, k, v, wt, b, 0.1)
     phases = []
     with torch.no_grad():

@@ -17,13 +17,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from bench_attention import make_inputs
-from bench_forward import LATENT, MODELS
+from bench_forward import MODELS, default_model, forward_inputs
 from triton.testing import do_bench
 
 from kernels import sla, sla_gluon
-from turbo_batch.models.dit import DiTConfig
-from turbo_batch.models.dit_checkpoints import random_dit
-from turbo_batch.models.quantize import DEFAULT_KEEP_BF16, quantize_linears_
 
 
 def spread(kept: torch.Tensor, n_kblocks: int) -> str:
@@ -58,14 +55,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     torch.manual_seed(0)
-    cfg = DiTConfig(**MODELS[args.model])
-    h, w = LATENT["480p"]
-    x = torch.randn(1, 16, 21, h, w, device="cuda", dtype=torch.bfloat16)
-    ts = torch.tensor([900.0], device="cuda")
-    ctx = torch.randn(1, 512, 4096, device="cuda", dtype=torch.bfloat16)
-    model = random_dit(cfg, 0, device="cuda", dtype=torch.bfloat16, on_device=True).eval().requires_grad_(False)
-    quantize_linears_(model, keep=DEFAULT_KEEP_BF16)
-    model.set_attention("sla", 0.1)
+    cfg, x, ts, ctx = forward_inputs(args.model, "480p")
+    model = default_model(cfg)
     captured = {}
     layers = [int(i) for i in args.layers.split(",")]
     def capture(i):

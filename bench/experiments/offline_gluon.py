@@ -62,7 +62,7 @@ def compile_sla(overrides: dict):
 
 def compile_sla8(overrides: dict):
     """The 8-bit SLA kernel as `sla_sparse_attention_8bit` launches it at 1.3B 480p."""
-    B, L, H, D, nk = 1, 32760, 12, 128, 512
+    B, L, H, D = 1, 32760, 12, 128
     cfg = sla_gluon_8bit.SLA_8BIT
     saved = dict(cfg)
     cfg.update(overrides)
