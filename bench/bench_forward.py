@@ -11,7 +11,8 @@ a `+graph` suffix replays the forward from a CUDA graph, `turbo_batch.models.cud
 are the eager forward's; `+unfused` turns off the GEMM epilogue fusion (residual adds and the FFN's GELU + quantization inside Triton GEMMs,
 kernels/fp8_gemm.py, on by default on Hopper): cuBLAS GEMMs, then the elementwise kernels; `+gluon` / `+triton`
 run every fused GEMM through the ping-pong Gluon kernel (kernels/gemm_gluon.py) / the Triton kernel; `+plainattn`
-runs the Gluon SLA kernel without its intra-warpgroup overlap, kernels/sla_gluon.py)
+runs the Gluon SLA kernel without its intra-warpgroup overlap, kernels/sla_gluon.py; `+nosplit` turns off the
+wave-tail split, `sla.TAIL_SPLIT`, which only the Triton SLA kernel uses by default)
     python bench/bench_forward.py --model 14b --res 720p --variants fp8+sla --no-diffusers
 """
 from __future__ import annotations
@@ -32,7 +33,7 @@ from turbo_batch.models.dit import DiTConfig  # noqa: E402
 from turbo_batch.models.dit_checkpoints import random_dit  # noqa: E402
 from turbo_batch.models.cuda_graph import GraphedForward  # noqa: E402
 from turbo_batch.models.quantize import DEFAULT_KEEP_BF16, quantize_linears_  # noqa: E402
-from kernels import sla_gluon  # noqa: E402
+from kernels import sla, sla_gluon  # noqa: E402
 from kernels.fp8_gemm import GLUON_DEFAULT, set_gluon_gemms  # noqa: E402
 
 MODELS = {"1.3b": dict(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
@@ -117,6 +118,7 @@ def main():
     results = []
     ref = None
     default_routes = dict(GLUON_DEFAULT)
+    default_wave_slots = sla.TAIL_SPLIT["wave_slots"]
     iters = args.iters if args.model == "1.3b" else min(args.iters, 3)
 
     if not args.no_diffusers:
@@ -145,8 +147,9 @@ def main():
         if gluon_flag:
             set_gluon_gemms("+gluon" in name)
         sla_gluon.GLUON_ATTENTION["overlap"] = "+plainattn" not in name
+        sla.TAIL_SPLIT["wave_slots"] = 0 if "+nosplit" in name else default_wave_slots
         backend, keep = VARIANTS[name.replace("+graph", "").replace("+unfused", "").replace("+gluon", "")
-                                 .replace("+triton", "").replace("+plainattn", "")]
+                                 .replace("+triton", "").replace("+plainattn", "").replace("+nosplit", "")]
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         model = random_dit(cfg, 0, device=dev, dtype=torch.bfloat16, on_device=True).eval().requires_grad_(False)

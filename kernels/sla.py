@@ -99,7 +99,9 @@ HOPPER_ATTENTION = dict(blocks_per_step=2, gather=False, num_warps=8, num_stages
 # for 3036 programs (23 waves) and 1.615 for 3048 (23.09): a partial wave costs a whole one. With the split at 1.3B
 # (36 tail units -> 108 pieces of <= 18 blocks): whole units 1.470 ms + pieces 0.030 + merge 0.007 (profiler);
 # interleaved full op 1.698 vs 1.716 ms unsplit (7 rounds, 6 of them faster). At 14B (12 tail units in 179 waves)
-# it measured within noise either way.
+# it measured within noise either way. Session 13 (H100, wave_tail_ab.py): the Gluon kernel with its intra-warpgroup
+# overlap gains nothing from it, full op 1.410 vs 1.408 ms whole at 1.3B and 22.38 vs 21.92 ms at 14B 720p (forward
+# 152.7 vs 151.9 ms, 151.0 vs 149.1 through graphs), so by default only the Triton kernel splits its tail.
 TAIL_SPLIT = dict(wave_slots=132, max_pieces=8, min_blocks=4, merge_rows=32)
 PAIR_KV_BLOCKS = HOPPER_ATTENTION["blocks_per_step"] > 1
 # The fused kernel on sm_90 when the inputs allow it (`sla_gluon.gluon_layout_ok`): the warp-specialized Gluon
@@ -833,8 +835,8 @@ def sla_sparse_attention(q, k, v, kept, kvw=None, k_sum_mean=None, bias=None, bl
     programs share each q-block's kept list; default one per q-block) are for sweeps.
     `qk_int8` = (q8, q_scale, k8, k_scale) from `quantize_qk_int8_reference`: QK^T in int8 (pointer loads, no gathering);
     q, k, v stay the 16-bit tensors (q feeds the linear branch, v the PV MMA).
-    `wave_slots`: programs per wave that the wave-tail split plans for (`_tail_split`; None: `TAIL_SPLIT` on the
-    Hopper path, off elsewhere; 0: off). It is a fixed number, never read from the device, so the bits depend on
+    `wave_slots`: programs per wave that the wave-tail split plans for (`_tail_split`; None: `TAIL_SPLIT` for the
+    Triton kernel on the Hopper path, off elsewhere and for the Gluon kernel; 0: off). It is a fixed number, never read from the device, so the bits depend on
     the shape only.
     `kernel`: "gluon" (the warp-specialized sm_90 kernel, `kernels/sla_gluon.py`), "triton", or None: Gluon on
     sm_90 when no Triton variant is forced and the inputs allow it (`GLUON_ON_HOPPER`).
@@ -872,10 +874,6 @@ def sla_sparse_attention(q, k, v, kept, kvw=None, k_sum_mean=None, bias=None, bl
     rows = rows_per_program or block_q
     if block_q % rows or rows < 16:
         raise ValueError(f"rows_per_program ({rows}) must divide block_q ({block_q}) and be at least 16")
-    if wave_slots is None:
-        wave_slots = TAIL_SPLIT["wave_slots"] if fast_variants and qk_int8 is None else 0
-    tail = _tail_split(H * -(-L // rows), kept.shape[-1], wave_slots)
-    args = (q, k, v, kept, kvw, k_sum_mean, bias, out, block_q, block_k, with_linear, rows, tail)
     if kernel not in (None, "gluon", "triton"):
         raise ValueError(f"kernel must be 'gluon', 'triton' or None, got {kernel!r}")
     gluon_ok = (q.is_cuda and torch.cuda.get_device_capability(q.device)[0] == 9 and qk_int8 is None
@@ -884,7 +882,13 @@ def sla_sparse_attention(q, k, v, kept, kvw=None, k_sum_mean=None, bias=None, bl
     if kernel == "gluon" and not gluon_ok:
         raise ValueError("the Gluon kernel needs an sm_90 GPU, 16-bit TMA-viewable q/k/v with head dim 128, "
                          "128/64-token blocks and one program per q-block")
-    if kernel == "gluon" or (kernel is None and auto and GLUON_ON_HOPPER and gluon_ok and not _TRITON_KERNEL_ONLY):
+    use_gluon = kernel == "gluon" or (kernel is None and auto and GLUON_ON_HOPPER and gluon_ok
+                                      and not _TRITON_KERNEL_ONLY)
+    if wave_slots is None:  # the split pays for the Triton kernel only (`TAIL_SPLIT`)
+        wave_slots = TAIL_SPLIT["wave_slots"] if fast_variants and qk_int8 is None and not use_gluon else 0
+    tail = _tail_split(H * -(-L // rows), kept.shape[-1], wave_slots)
+    args = (q, k, v, kept, kvw, k_sum_mean, bias, out, block_q, block_k, with_linear, rows, tail)
+    if use_gluon:
         try:
             _launch_attention(*args, use_tma=False, group=2, gather=False, config=config, gluon=True)
             return out

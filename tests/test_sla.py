@@ -468,8 +468,9 @@ def test_gpu_the_wave_tail_split_agrees_with_the_unsplit_kernel_and_repeats_bitw
     whole = sla.sla_sparse_attention(q, k, v, *plan, wave_slots=0, kernel=kernel)
     assert relative_error(split, whole) <= 2e-3, relative_error(split, whole)
     assert torch.equal(split, sla.sla_sparse_attention(q, k, v, *plan, wave_slots=slots, kernel=kernel))
-    if torch.cuda.get_device_capability()[0] >= 9:  # the Hopper default splits the tail
-        assert torch.equal(split, sla.sla_sparse_attention(q, k, v, *plan, kernel=kernel))
+    if torch.cuda.get_device_capability()[0] >= 9:  # on Hopper the Triton kernel splits its tail, Gluon's does not
+        default = whole if kernel is None and hopper_gluon() else split
+        assert torch.equal(default, sla.sla_sparse_attention(q, k, v, *plan, kernel=kernel))
 
 
 def hopper_gluon() -> bool:
