@@ -29,10 +29,10 @@ try:
         warpgroup_mma,
         warpgroup_mma_wait,
     )
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-    # TMA copies under their Triton 3.6 names (the device's) or their later ones (async_load / async_store)
-    _tma_load = tma.async_load if hasattr(tma, "async_load") else tma.async_copy_global_to_shared
-    _tma_store = tma.async_store if hasattr(tma, "async_store") else tma.async_copy_shared_to_global
+
+    from kernels.gluon_tma import descriptor
+    from kernels.gluon_tma import tma_load as _tma_load
+    from kernels.gluon_tma import tma_store as _tma_store
 except ImportError:  # pragma: no cover - Triton without Gluon: the Triton kernel runs instead
     gluon = None
 
@@ -188,15 +188,6 @@ if gluon is not None:
                           a_scale_ptr, b_scale_ptr, bias_ptr, gate_ptr, qs_ptr, M, N, K, L,
                           BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, STAGES, A_SCALE, HAS_BIAS, EPILOGUE, HAS_GATE, 1))],
             [4, 4], [CONSUMER_REGS, CONSUMER_REGS])
-
-
-def _gl_dtype(dtype: torch.dtype):
-    return {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, FP8_DTYPE: gl.float8e4nv}[dtype]
-
-
-def descriptor(t: torch.Tensor, block: list[int]):
-    """A TMA descriptor of a 2-D tensor with the default swizzled shared layout for its block."""
-    return TensorDescriptor.from_tensor(t, block, gl.NVMMASharedLayout.get_default_for(block, _gl_dtype(t.dtype)))
 
 
 def gluon_gemm_ok(a: torch.Tensor, w: torch.Tensor, out: torch.Tensor, gate=None, L: int = 1, config=None) -> bool:

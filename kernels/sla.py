@@ -836,8 +836,8 @@ def sla_sparse_attention(q, k, v, kept, kvw=None, k_sum_mean=None, bias=None, bl
     `qk_int8` = (q8, q_scale, k8, k_scale) from `quantize_qk_int8_reference`: QK^T in int8 (pointer loads, no gathering);
     q, k, v stay the 16-bit tensors (q feeds the linear branch, v the PV MMA).
     `wave_slots`: programs per wave that the wave-tail split plans for (`_tail_split`; None: `TAIL_SPLIT` for the
-    Triton kernel on the Hopper path, off elsewhere and for the Gluon kernel; 0: off). It is a fixed number, never read from the device, so the bits depend on
-    the shape only.
+    Triton kernel on the Hopper path, off elsewhere and for the Gluon kernel; 0: off). It is a fixed number, never
+    read from the device, so the bits depend on the shape only.
     `kernel`: "gluon" (the warp-specialized sm_90 kernel, `kernels/sla_gluon.py`), "triton", or None: Gluon on
     sm_90 when no Triton variant is forced and the inputs allow it (`GLUON_ON_HOPPER`).
     """

@@ -20,10 +20,10 @@ import torch
 try:
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-    # TMA loads under their Triton 3.6 name (the device's) or their later one (async_load)
-    _tma_load = tma.async_load if hasattr(tma, "async_load") else tma.async_copy_global_to_shared
+    from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
+
+    from kernels.gluon_tma import descriptor
+    from kernels.gluon_tma import tma_load as _tma_load
 except ImportError:  # pragma: no cover - Triton without Gluon (older than 3.5): the Triton kernel runs instead
     gluon = None
 
@@ -300,10 +300,6 @@ if gluon is not None:
             [4, 4], [CONSUMER_REGS, CONSUMER_REGS])
 
 
-def _nvmma_layout(block_shape, dtype):
-    return gl.NVMMASharedLayout.get_default_for(block_shape, gl.bfloat16 if dtype == torch.bfloat16 else gl.float16)
-
-
 def gluon_layout_ok(q, k, v, kvw, block_q: int, block_k: int) -> bool:
     """What this kernel handles: 16-bit (B, L, H, D) tensors viewable as (B*L, H*D) rows for TMA, D = 128 (the
     Wan heads; the MMA shapes are fixed for it), 128-token q-blocks of 64-token k-blocks."""
@@ -324,17 +320,17 @@ def launch_gluon_attention(q, k, v, kept, kvw, k_sum_mean, bias, out, part_o, pa
     cfg = GLUON_ATTENTION
 
     def rows_view(x, block_rows):
-        flat = x.as_strided((B * L, H * D), (x.stride(1), 1))
-        return TensorDescriptor.from_tensor(flat, [block_rows, D], _nvmma_layout([block_rows, D], x.dtype))
+        return descriptor(x.as_strided((B * L, H * D), (x.stride(1), 1)), [block_rows, D])
 
     q_desc, k_desc, v_desc = rows_view(q, block_q), rows_view(k, block_k), rows_view(v, block_k)
     kvw_flat = (kvw if with_linear else q.new_zeros(D, D)).reshape(-1, D)
-    kvw_desc = TensorDescriptor.from_tensor(kvw_flat, [D, D], _nvmma_layout([D, D], q.dtype))
+    kvw_desc = descriptor(kvw_flat, [D, D])
     for n_programs, unit0, pieces, chunk in launches:
         _sla_attention_gluon_kernel[(n_programs, B)](
             q_desc, k_desc, v_desc, kvw_desc, kept, out, k_sum_mean, bias, part_o, part_lse,
             out.stride(0), out.stride(1), out.stride(2), k_sum_mean.stride(1),
             L, H, kept.shape[-1], qk_scale, eps_over_len, programs_per_head, unit0, chunk,
             D=D, BLOCK_M=block_q, BLOCK_N=block_k, STAGES=cfg["stages"], PIECES=pieces, WITH_LINEAR=with_linear,
-            CONSUMER_REGS=cfg["consumer_regs"], OVERLAP=cfg["overlap"], num_warps=cfg["num_warps"], enable_fp_fusion=True,
+            CONSUMER_REGS=cfg["consumer_regs"], OVERLAP=cfg["overlap"], num_warps=cfg["num_warps"],
+            enable_fp_fusion=True,
         )

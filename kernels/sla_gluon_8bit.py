@@ -15,10 +15,11 @@ turns them into scaled logits without an int-to-float conversion.
 
 One launch, no wave-tail split; the linear branch reads the 16-bit q. Not wired into the model, because it lost:
 on an H100 at 1.3B 480p (bench/experiments/sla_8bit_ab.py, same run) it takes 1.379 ms against 1.202 ms for the
-bf16 kernel in one launch, with 3.1e-2 relative error against the float32 reference (bf16 kernel 1.9e-3; the
-int8 QK^T alone 1.3e-2). Its softmax stream grew: two N = 64 halves per step, and e4m3's register layout for the
-P V MMA's A operand differs from the logits' accumulator layout, so every step byte-permutes and shuffles P (FA3
-avoids the shuffles by permuting the keys of V^T to match, which Gluon's layouts would have to express).
+bf16 kernel in one launch, with 3.1e-2 relative error against the float32 reference (bf16 kernel 1.9e-3; the int8
+QK^T alone measured 1.3e-2 in session 7, so most of the error is the fp8 P V). Its softmax stream grew: two N = 64
+halves per step, and e4m3's register layout for the P V MMA's A operand differs from the logits' accumulator
+layout, so every step byte-permutes and shuffles P (FA3 avoids the shuffles by permuting the keys of V^T to match,
+which Gluon's layouts would have to express).
 """
 from __future__ import annotations
 
@@ -26,10 +27,11 @@ import math
 
 import torch
 
-from kernels import sla_gluon
+from kernels import sla, sla_gluon
 
 gluon = sla_gluon.gluon
 if gluon is not None:
+    from kernels.gluon_tma import descriptor
     from kernels.sla_gluon import (_barriers, _finish, _kept_range, _tma_load, _unit_of_program, gl, mbarrier,
                                    warpgroup_mma, warpgroup_mma_wait)
 
@@ -43,8 +45,6 @@ SLA_8BIT = dict(stages=3, consumer_regs=240, num_warps=4)
 def quantize_sla_8bit_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_k: int = 64):
     """(q8, q_scale, k8, k_scale) as `sla.quantize_qk_int8_reference`, plus v per channel as transposed e4m3:
     vt8 (B, H, D, L rounded up to 16) with zero padding, v_scale (B, H, D) = amax over L / 448."""
-    from kernels import sla
-
     q8, q_scale, k8, k_scale = sla.quantize_qk_int8_reference(q, k, block_k)
     B, L, H, D = v.shape
     v_scale = v.float().abs().amax(1).clamp_min(1e-12) / FP8_MAX  # (B, H, D)
@@ -52,11 +52,6 @@ def quantize_sla_8bit_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     vt8 = torch.zeros(B, H, D, lpad, dtype=torch.float8_e4m3fn, device=v.device)
     vt8[..., :L] = (v.float() / v_scale[:, None]).permute(0, 2, 3, 1).to(torch.float8_e4m3fn)
     return q8, q_scale, k8, k_scale, vt8, v_scale
-
-
-def dequantize_v_fp8(vt8: torch.Tensor, v_scale: torch.Tensor, L: int) -> torch.Tensor:
-    """float32 (B, L, H, D) v as the kernel's P V sees it."""
-    return (vt8[..., :L].float() * v_scale[..., None]).permute(0, 3, 1, 2)
 
 
 if gluon is not None:
@@ -255,16 +250,8 @@ if gluon is not None:
             [4, 4], [CONSUMER_REGS, CONSUMER_REGS])
 
 
-def _descriptor(x2d: torch.Tensor, block):
-    gl_dtype = {torch.int8: gl.int8, torch.float8_e4m3fn: gl.float8e4nv, torch.bfloat16: gl.bfloat16}[x2d.dtype]
-    layout = gl.NVMMASharedLayout.get_default_for(block, gl_dtype)
-    return sla_gluon.TensorDescriptor.from_tensor(x2d, block, layout)
-
-
 def kernel_arguments(q, quantized, kept, kvw, k_sum_mean, bias, out, block_q: int = 128, block_k: int = 64):
     """(grid, args, constexprs) of one launch: also what bench/experiments/offline_gluon.py compiles."""
-    from kernels import sla
-
     q8, q_scale, k8, k_scale, vt8, v_scale = quantized
     B, L, H, D = q.shape
     cfg = SLA_8BIT
@@ -272,8 +259,8 @@ def kernel_arguments(q, quantized, kept, kvw, k_sum_mean, bias, out, block_q: in
     rows2d = lambda x: x.as_strided((B * L, H * D), (x.stride(1), 1))  # noqa: E731
     vt2d = vt8.as_strided((B * H * D, L), (vt8.stride(2), 1))  # TMA fills keys past L with zeros
     kvw2d = (kvw if with_linear else q.new_zeros(B, H, D, D)).reshape(-1, D)
-    args = dict(q_desc=_descriptor(rows2d(q8), [block_q, D]), k_desc=_descriptor(rows2d(k8), [block_k, D]),
-                vt_desc=_descriptor(vt2d, [D, block_k]), kvw_desc=_descriptor(kvw2d, [D, D]), KEPT=kept, Q16=q,
+    args = dict(q_desc=descriptor(rows2d(q8), [block_q, D]), k_desc=descriptor(rows2d(k8), [block_k, D]),
+                vt_desc=descriptor(vt2d, [D, block_k]), kvw_desc=descriptor(kvw2d, [D, D]), KEPT=kept, Q16=q,
                 O=out, KSUM=k_sum_mean if with_linear else out, BIAS=bias if with_linear else out, QS=q_scale,
                 KS=k_scale, VS=v_scale, stride_qb=q.stride(0), stride_ql=q.stride(1), stride_qh=q.stride(2),
                 stride_ob=out.stride(0), stride_ol=out.stride(1), stride_oh=out.stride(2),

@@ -557,4 +557,3 @@ def test_gpu_sm90_runs_the_gluon_kernel_by_default_and_the_triton_kernel_when_a_
                        sla.sla_sparse_attention(q, k, v, *plan, pairs=True, kernel="triton"))
     with pytest.raises(ValueError, match="Gluon kernel needs"):
         sla.sla_sparse_attention(q.float(), k.float(), v.float(), *plan, kernel="gluon")
-

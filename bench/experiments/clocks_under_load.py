@@ -9,6 +9,7 @@ nvidia-smi samples clocks, power and throttle reasons every 50 ms in the backgro
 and its own throughput (ms per call, from CUDA events over the phase).
 """
 import argparse
+from datetime import datetime
 import statistics
 import subprocess
 import sys
@@ -51,7 +52,7 @@ def samples_between(lines, t0, t1):
         if len(parts) < 4:
             continue
         try:
-            ts = time.mktime(time.strptime(parts[0].split(".")[0], "%Y/%m/%d %H:%M:%S")) + float("0." + parts[0].split(".")[1])
+            ts = datetime.strptime(parts[0], "%Y/%m/%d %H:%M:%S.%f").timestamp()  # local time, as time.time()
             clock, power = float(parts[1].split()[0]), float(parts[2].split()[0])
         except (ValueError, IndexError):
             continue

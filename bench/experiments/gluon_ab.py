@@ -64,8 +64,8 @@ def main():
     outs = {name: sparse(q, k, v, plan, name) for name in VARIANTS}
     again = sparse(q, k, v, plan, "gluon")
     print(f"shape {shape}: gluon vs triton rel err {rel(outs['gluon'], outs['triton']):.2e}, "
-          f"gluon finite {bool(outs['gluon'].isfinite().all())}, gluon repeat bitwise {torch.equal(again, outs['gluon'])}, "
-          f"overlapped = plain bitwise {torch.equal(outs['gluon'], outs['gluon-plain'])}")
+          f"gluon finite {bool(outs['gluon'].isfinite().all())}, "
+          f"gluon repeat bitwise {torch.equal(again, outs['gluon'])}, overlapped = plain bitwise {torch.equal(outs['gluon'], outs['gluon-plain'])}")
     if args.check:
         ref = sla.sla_reference(q.float(), k.float(), v.float(), w, b, 0.1)
         print(f"  vs fp32 reference: gluon {rel(outs['gluon'], ref):.2e}, triton {rel(outs['triton'], ref):.2e}")

@@ -31,6 +31,7 @@ from triton.runtime.jit import mangle_type  # noqa: E402
 from bench.experiments.offline_sass import cuobjdump  # noqa: E402
 from kernels import gemm_gluon as gg  # noqa: E402
 from kernels import sla_gluon, sla_gluon_8bit  # noqa: E402
+from kernels.gluon_tma import descriptor  # noqa: E402
 from kernels.fp8_linear import FP8_DTYPE  # noqa: E402
 
 
@@ -47,8 +48,7 @@ def compile_sla(overrides: dict):
     B, L, H, D, bq, bk = 1, 32760, 12, 128, 128, 64
     cfg = {**sla_gluon.GLUON_ATTENTION, **overrides}
     flat = torch.empty(B * L, H * D, dtype=torch.bfloat16)
-    desc = lambda rows: sla_gluon.TensorDescriptor.from_tensor(  # noqa: E731
-        flat, [rows, D], sla_gluon._nvmma_layout([rows, D], torch.bfloat16))
+    desc = lambda rows: descriptor(flat, [rows, D])  # noqa: E731
     f32, i32 = torch.empty(4, dtype=torch.float32), torch.empty(4, dtype=torch.int32)
     kargs = dict(q_desc=desc(bq), k_desc=desc(bk), v_desc=desc(bk), kvw_desc=desc(D), KEPT=i32,
                  O=torch.empty(4, dtype=torch.bfloat16), KSUM=f32, BIAS=f32, PART_O=f32, PART_LSE=f32,
@@ -107,8 +107,8 @@ def main():
     a, w = torch.empty(M, K, dtype=dt), torch.empty(N, K, dtype=dt)
     out = torch.empty(M, N, dtype=FP8_DTYPE if args.epilogue == 1 else torch.bfloat16)
     f32 = torch.empty(4, dtype=torch.float32)
-    kargs = dict(a_desc=gg.descriptor(a, [bm, bk]), b_desc=gg.descriptor(w, [bn, bk]),
-                 out_desc=gg.descriptor(out, [bm, bn]), res_desc=gg.descriptor(out, [bm, bn]),
+    kargs = dict(a_desc=descriptor(a, [bm, bk]), b_desc=descriptor(w, [bn, bk]),
+                 out_desc=descriptor(out, [bm, bn]), res_desc=descriptor(out, [bm, bn]),
                  a_scale_ptr=f32, b_scale_ptr=f32, bias_ptr=torch.empty(4, dtype=torch.bfloat16),
                  gate_ptr=torch.empty(4, dtype=torch.bfloat16), qs_ptr=f32, M=M, N=N, K=K, L=M)
     consts = dict(GROUP_M=cfg["GROUP_M"], STAGES=cfg["STAGES"], A_SCALE=0 if args.bf16 else 1, HAS_BIAS=True,
