@@ -282,25 +282,21 @@ INTERPRET_SCRIPT = textwrap.dedent(
     want = N.gated_residual_ref(x, y, gate.to(bf16))
     N.gated_residual_triton(x, y, gate.to(bf16), out=x)
     out["gr_in_place"] = [True, bool(torch.equal(x, want)), 0.0]
-    # the fused LayerNorm -> fp8 kernel against the two kernels it replaces: narrow rows, the 1.3B width (6 segments
-    # of 256, a warp per row), a padded width, and a row count that is no multiple of ROWS
+    # the fused LayerNorm -> fp8 kernels (modulated: norm1/norm2; affine: the cross-attention's norm3) against the two
+    # kernels each replaces: narrow rows, the 1.3B width (6 segments of 256, a warp per row), a padded width, and a
+    # row count that is no multiple of ROWS
     for C, L2 in ((96, 12), (1536, 9), (200, 37)):
         for xd in (bf16, f32):
             x, _, shift, scale, _, _ = make_inputs(2, L2, C, 1, xd, seed=C)
             x, shift = with_degenerate_rows(x, shift)
-            fused = N.layernorm_modulate_fp8(x, shift, scale)
-            composed = F8.quantize_per_token_fp8(N.layernorm_modulate(x, shift, scale).reshape(-1, C))
-            ref = N.layernorm_modulate_fp8_ref(x, shift, scale)
-            out[f"fp8_{C}_{xd}"] = [same_fp8(fused, composed), same_fp8(fused, N.layernorm_modulate_fp8_triton(
-                x, shift, scale)), mismatch(fused[0].view(torch.uint8), ref[0].view(torch.uint8)),
-                float(((fused[1] - ref[1]).abs() / ref[1]).max())]
-            weight, bias = 1.0 + scale[0, 0], shift[0, 0]  # the cross-attention's affine norm3
-            fused = N.layernorm_affine_fp8(x, weight, bias)
-            composed = F8.quantize_per_token_fp8(N.layernorm_affine(x, weight, bias).reshape(-1, C))
-            ref = N.layernorm_affine_fp8_ref(x, weight, bias)
-            out[f"fp8a_{C}_{xd}"] = [same_fp8(fused, composed), same_fp8(fused, N.layernorm_affine_fp8_triton(
-                x, weight, bias)), mismatch(fused[0].view(torch.uint8), ref[0].view(torch.uint8)),
-                float(((fused[1] - ref[1]).abs() / ref[1]).max())]
+            for key, name, args in (("fp8", "layernorm_modulate", (x, shift, scale)),
+                                    ("fp8a", "layernorm_affine", (x, 1.0 + scale[0, 0], shift[0, 0]))):
+                fused = getattr(N, name + "_fp8")(*args)
+                composed = F8.quantize_per_token_fp8(getattr(N, name)(*args).reshape(-1, C))
+                ref = getattr(N, name + "_fp8_ref")(*args)
+                out[f"{key}_{C}_{xd}"] = [same_fp8(fused, composed), same_fp8(fused, getattr(N, name + "_fp8_triton")(
+                    *args)), mismatch(fused[0].view(torch.uint8), ref[0].view(torch.uint8)),
+                    float(((fused[1] - ref[1]).abs() / ref[1]).max())]
     # a row's bits do not depend on which rows share its program: drop the first token (so every program holds
     # other rows) and compare what remains
     x, y, shift, scale, gate, weight = make_inputs(1, 21, 1536, 12, bf16, seed=9)
