@@ -131,7 +131,7 @@ def test_the_gluon_ffn_meets_the_references_and_repeats_its_bits(m, d, h):
     rq = quantize_gelu_rows_fp8_ref(fp8_matmul(xq, xs, wu, su, bu, use_fast_accum=False), hs)
     assert rel_err(hq.float(), rq.float()) < 0.02
     triton_hq = fp8_matmul_gelu_quant_rows_triton(xq, xs, wu, su, bu, hs, config=TRITON)
-    assert (hq.float() != triton_hq.float()).float().mean() < 1e-3  # same math; rare last-bit ties at most
+    assert (hq.float() != triton_hq.float()).float().mean() < 1e-3  # the hardware tanh moves ~0.03% of the codes
     res = torch.randn(m, d, device="cuda").bfloat16()
     gate = torch.randn(1, d, device="cuda").bfloat16()
     got = matmul_residual_triton(hq, hs, wd, sd, bd, res, gate, m, out=torch.empty_like(res), config=GLUON)
@@ -143,6 +143,33 @@ def test_the_gluon_ffn_meets_the_references_and_repeats_its_bits(m, d, h):
     in_place = res.clone()
     matmul_residual_triton(hq, hs, wd, sd, bd, in_place, gate, m, config=GLUON)
     assert torch.equal(bits(in_place), bits(got))
+
+
+@pytest.mark.gpu
+@hopper
+@pytest.mark.parametrize("mode", ["exp2_div", "tanh_approx", "exp2_rcp"])
+def test_every_gelu_mode_of_the_ffn_epilogue_meets_the_reference_and_repeats_its_bits(mode):
+    """The hardware tanh cancels for x << 0, but those values lie far below the row's fp8 scale: every mode keeps the
+    reference's error and at most moves a code by one step here and there against the Triton kernel's math."""
+    from kernels.fp8_gemm import fp8_matmul_gelu_quant_rows_triton
+    from kernels.fp8_linear import fp8_matmul
+
+    _, xq, xs, wu, su, bu = fp8_operands(4096, 1536, 8960)
+    hs = ffn_hidden_scales(xs, weight_row_l1_max(wu, su), bu.abs().max().float())
+    mode_cfg = {**GLUON, "gelu": mode}
+    hq = fp8_matmul_gelu_quant_rows_triton(xq, xs, wu, su, bu, hs, config=mode_cfg)
+    rq = quantize_gelu_rows_fp8_ref(fp8_matmul(xq, xs, wu, su, bu, use_fast_accum=False), hs)
+    assert rel_err(hq.float(), rq.float()) < 0.02
+    exact = fp8_matmul_gelu_quant_rows_triton(xq, xs, wu, su, bu, hs, config=TRITON)
+    assert (hq.float() != exact.float()).float().mean() < 1e-3
+    assert (ordinal(hq) - ordinal(exact)).abs().max() <= 1
+    assert torch.equal(bits(hq), bits(fp8_matmul_gelu_quant_rows_triton(xq, xs, wu, su, bu, hs, config=mode_cfg)))
+
+
+def ordinal(codes: torch.Tensor) -> torch.Tensor:
+    """e4m3fn codes as signed step counts from zero."""
+    b = codes.view(torch.uint8).int()
+    return torch.where(b >= 128, -(b & 0x7F), b)
 
 
 @pytest.mark.gpu

@@ -112,7 +112,8 @@ def main():
                  a_scale_ptr=f32, b_scale_ptr=f32, bias_ptr=torch.empty(4, dtype=torch.bfloat16),
                  gate_ptr=torch.empty(4, dtype=torch.bfloat16), qs_ptr=f32, M=M, N=N, K=K, L=M)
     consts = dict(GROUP_M=cfg["GROUP_M"], STAGES=cfg["STAGES"], A_SCALE=0 if args.bf16 else 1, HAS_BIAS=True,
-                  EPILOGUE=args.epilogue, HAS_GATE=args.gate, CONSUMER_REGS=cfg["consumer_regs"])
+                  EPILOGUE=args.epilogue, HAS_GATE=args.gate, CONSUMER_REGS=cfg["consumer_regs"],
+                  GELU_MODE=gg.GELU_MODES[cfg["gelu"]])
     compiled = compile_sm90(gg._gemm_gluon_kernel, kargs, consts,
                             dict(num_warps=cfg["num_warps"], enable_fp_fusion=True))
     report(compiled, f"epilogue {args.epilogue} {'bf16' if args.bf16 else 'fp8'}", args.ptx)
