@@ -48,7 +48,7 @@ except ImportError:  # pragma: no cover - Triton without Gluon: the Triton kerne
 #   tanh_approx  0.5 x (1 + tanh(u)) with PTX's tanh.approx.f32 (one MUFU op). For x << 0 it cancels (tanh.approx's
 #                ~2^-11 absolute error against 1 + tanh(u) ~ 0), but those values sit far below the per-token fp8
 #                scale: the hidden's relative error stays 2.670e-2 at 1.3B, 2.680e-2 at 14B, as with exp2_div.
-# H100, bench/experiments/gelu_epilogue_ab.py, FFN up GEMM + GELU + fp8 quantization at 1.3B: exp2_div 0.936 ms,
+# H100, bench/experiments/gluon_epilogue_ab.py, FFN up GEMM + GELU + fp8 quantization at 1.3B: exp2_div 0.936 ms,
 # exp2_rcp 0.936, tanh_approx 0.844 (a plain bf16 store 0.802, cuBLAS alone 0.733); at 14B the epilogue hides under
 # the longer mainloop either way (8.18-8.36 ms, noise).
 GLUON_GEMM = dict(BLOCK_M=128, BLOCK_N=128, STAGES=4, GROUP_M=8, consumer_regs=224, num_warps=4, gelu="tanh_approx")

@@ -1,6 +1,6 @@
-"""Where the FFN up projection's fused epilogue time goes, and whether the hardware tanh pays, in one run.
+"""Where the Gluon GEMM's fused epilogue time goes (FFN up: GELU + fp8 quantization; o projection: gated residual).
 
-    python bench/experiments/gelu_epilogue_ab.py [--models 1.3b,14b] [--rounds 5]
+    python bench/experiments/gluon_epilogue_ab.py [--models 1.3b,14b] [--rounds 5] [--no-ffn] [--no-oproj]
 
 At the FFN up shape, the ping-pong Gluon GEMM (kernels/gemm_gluon.py) with a plain bf16 store (no GELU) and with
 the GELU + fp8 quantization epilogue in each of `GELU_MODES`, beside cuBLAS's row-wise `_scaled_mm` alone; medians
@@ -8,6 +8,8 @@ of interleaved rounds (each round times every variant once with triton's do_benc
 alike). Then the numerics of each mode: the share of fp8 codes that differ from the exp2_div mode's, the largest
 distance in e4m3 steps from the reference codes (`gelu_tanh_ref` of the emulated GEMM, quantized with the same
 scales), and the hidden's relative L2 error against GELU of the fp32 GEMM output, dequantized.
+At the bf16 o projection's shape (dim x dim): cuBLAS `F.linear` alone, the Gluon GEMM with a plain store and with
+the gated residual epilogue (the DiT's route), and the Triton kernel's gated residual, in interleaved rounds.
 """
 from __future__ import annotations
 
@@ -22,7 +24,14 @@ import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from kernels.fp8_gemm import GELU_QUANT_ROWS, STORE, ffn_hidden_scales, weight_row_l1_max  # noqa: E402
+from kernels.fp8_gemm import (  # noqa: E402
+    GELU_QUANT_ROWS,
+    RESIDUAL,
+    STORE,
+    ffn_hidden_scales,
+    matmul_residual_triton,
+    weight_row_l1_max,
+)
 from kernels.fp8_linear import (  # noqa: E402
     FP8_DTYPE,
     fp8_matmul,
@@ -42,16 +51,55 @@ def ordinal(codes: torch.Tensor) -> torch.Tensor:
     return torch.where(b >= 128, -(b & 0x7F), b)
 
 
+def interleaved(fns: dict, rounds: int, flops: int, title: str):
+    """Median of `rounds` rounds, each timing every fn once (triton do_bench), printed with TFLOP/s."""
+    times = {n: [] for n in fns}
+    for _ in range(rounds):
+        for n, fn in fns.items():
+            times[n].append(triton.testing.do_bench(fn, warmup=10, rep=60))
+    print(f"\n=== {title}, {rounds} rounds")
+    for n, t in times.items():
+        ms = statistics.median(t)
+        print(f"  {n:40s} {ms:7.3f} ms  {flops / ms / 1e9:7.0f} TFLOP/s  rounds {' '.join(f'{v:.3f}' for v in t)}")
+
+
+def oproj(model: str, rounds: int, sms: int):
+    M, D, _ = SHAPES[model]
+    dev = "cuda"
+    a = torch.randn(M, D, device=dev, dtype=torch.bfloat16)
+    w = (torch.randn(D, D, device=dev) * D**-0.5).bfloat16()
+    b = (torch.randn(D, device=dev) * 0.1).bfloat16()
+    res = torch.randn(M, D, device=dev, dtype=torch.bfloat16)
+    gate = torch.randn(1, D, device=dev).bfloat16()
+    out = torch.empty_like(res)
+
+    def gluon(epilogue, **kw):
+        return lambda: launch_gluon_gemm(a, None, w, None, b, epilogue, a_mode=0, out=out, num_sms=sms, **kw)
+
+    fns = {"cuBLAS F.linear alone": lambda: F.linear(a, w, b),
+           "gluon plain store": gluon(STORE),
+           "gluon gated residual (the DiT's route)": gluon(RESIDUAL, res=res, gate=gate, L=M),
+           "triton gated residual": lambda: matmul_residual_triton(a, None, w, None, b, res, gate, M, out=out,
+                                                                   config={"GLUON": False})}
+    interleaved(fns, rounds, 2 * M * D * D, f"{model} o projection bf16 {M}x{D}x{D}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="1.3b")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--no-ffn", action="store_true")
+    ap.add_argument("--no-oproj", action="store_true")
     args = ap.parse_args()
     torch.manual_seed(0)
     dev = "cuda"
     sms = torch.cuda.get_device_properties(dev).multi_processor_count
     print(torch.cuda.get_device_name(), "| torch", torch.__version__, "| triton", triton.__version__)
     for model in args.models.split(","):
+        if not args.no_oproj:
+            oproj(model, args.rounds, sms)
+        if args.no_ffn:
+            continue
         M, D, H = SHAPES[model]
         x = torch.randn(M, D, device=dev, dtype=torch.bfloat16)
         xq, xs = quantize_per_token_fp8(x)
@@ -68,15 +116,7 @@ def main():
         fns = {"cuBLAS _scaled_mm alone (bf16 out)": lambda: fp8_matmul(xq, xs, w, ws, b, use_fast_accum=True),
                "gluon plain store (bf16 out)": gluon(STORE, h_bf16)}
         fns.update({f"gluon GELU + quant, {m}": gluon(GELU_QUANT_ROWS, codes[m], m) for m in GELU_MODES})
-        times = {n: [] for n in fns}
-        for _ in range(args.rounds):
-            for n, fn in fns.items():
-                times[n].append(triton.testing.do_bench(fn, warmup=10, rep=60))
-        flops = 2 * M * D * H
-        print(f"\n=== {model} FFN up {M}x{H}x{D}, {args.rounds} rounds")
-        for n, t in times.items():
-            ms = statistics.median(t)
-            print(f"  {n:40s} {ms:7.3f} ms  {flops / ms / 1e9:7.0f} TFLOP/s  rounds {' '.join(f'{v:.3f}' for v in t)}")
+        interleaved(fns, args.rounds, 2 * M * D * H, f"{model} FFN up {M}x{H}x{D}")
         h = fp8_matmul_emulated(xq, xs, w, ws, b)
         ref = F.gelu(h.float(), approximate="tanh")
         ref_codes = (gelu_tanh_ref(h).float() / hs[:, None]).clamp(-448, 448).to(FP8_DTYPE)
