@@ -11,8 +11,7 @@ a `+graph` suffix replays the forward from a CUDA graph, `turbo_batch.models.cud
 are the eager forward's; `+unfused` turns off the GEMM epilogue fusion (residual adds and the FFN's GELU + quantization inside Triton GEMMs,
 kernels/fp8_gemm.py, on by default on Hopper): cuBLAS GEMMs, then the elementwise kernels; `+gluon` / `+triton`
 run every fused GEMM through the ping-pong Gluon kernel (kernels/gemm_gluon.py) / the Triton kernel; `+plainattn`
-runs the Gluon SLA kernel without its intra-warpgroup overlap, kernels/sla_gluon.py, `+nopersist` with one program
-per q-block instead of its persistent programs; `+nosplit` turns off the
+runs the Gluon SLA kernel without its intra-warpgroup overlap, kernels/sla_gluon.py; `+nosplit` turns off the
 wave-tail split, `sla.TAIL_SPLIT`, which only the Triton SLA kernel uses by default)
     python bench/bench_forward.py --model 14b --res 720p --variants fp8+sla --no-diffusers
 """
@@ -148,11 +147,9 @@ def main():
         if gluon_flag:
             set_gluon_gemms("+gluon" in name)
         sla_gluon.GLUON_ATTENTION["overlap"] = "+plainattn" not in name
-        sla_gluon.GLUON_ATTENTION["persistent"] = "+nopersist" not in name
         sla.TAIL_SPLIT["wave_slots"] = 0 if "+nosplit" in name else default_wave_slots
         backend, keep = VARIANTS[name.replace("+graph", "").replace("+unfused", "").replace("+gluon", "")
-                                 .replace("+triton", "").replace("+plainattn", "").replace("+nosplit", "")
-                                 .replace("+nopersist", "")]
+                                 .replace("+triton", "").replace("+plainattn", "").replace("+nosplit", "")]
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         model = random_dit(cfg, 0, device=dev, dtype=torch.bfloat16, on_device=True).eval().requires_grad_(False)

@@ -15,8 +15,6 @@ from the q tile already in shared memory. Deterministic: fixed launch, no atomic
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 
 try:
@@ -35,14 +33,16 @@ LOG2E = 1.4426950408889634
 # the producer's warps get what is left (setmaxnreg). overlap: FA3's intra-warpgroup overlap (see `_consumer`); on
 # an H100 the kernel alone went 1.352 -> 1.190 ms at 1.3B 480p, the forward 153.2 -> 150.4 ms: the forward runs at
 # the 700 W power cap, so the denser kernel runs at a lower clock (bench/experiments/clocks_under_load.py).
-# persistent: one program per SM takes units in turn (`_sla_attention_gluon_persistent_kernel`), so the next unit's q
-# tile and first keys load under the current unit's last steps instead of after a fresh program's launch; used
-# for whole-unit launches (no wave-tail pieces). 224 KB of shared memory (a second q tile). Off: on an H100
-# (bench/experiments/gluon_ab.py) it gives the same bits but 1.270 vs 1.264 ms at 1.3B and 22.67 vs 20.63 ms at 14B.
-GLUON_ATTENTION = dict(stages=2, consumer_regs=240, num_warps=4, overlap=True, persistent=False)
+GLUON_ATTENTION = dict(stages=2, consumer_regs=240, num_warps=4, overlap=True)
 # Measured and dropped (H100, bench/experiments/gluon_ab.py, session 12): FA3's ping-pong order between the two
 # consumers (P V_j and Q K_{j+1}^T issued together, asynchronously, in strict turns passed by an mbarrier pair) gave
-# the same bits but a slower kernel, 1.395 vs 1.339 ms at 1.3B 480p (commit 5281be2 has the code).
+# the same bits but a slower kernel, 1.395 vs 1.339 ms at 1.3B 480p (commit 5281be2 has the code). Session 14: a
+# persistent kernel (one program per SM taking units p, p + G, ...; two q buffers so the next unit's q tile loads
+# under this unit's last steps; 224 KB of shared memory): same bits, 1.270 vs 1.264 ms at 1.3B, 22.67 vs 20.63 ms
+# at 14B 720p; and the linear branch's two vectors loaded before the steps instead of in the epilogue: no change
+# (commit a309371 has both). A program's fixed cost is ~5-6 us against ~1.7 us a step
+# (bench/experiments/sla_step_cost.py), and what a persistent kernel can hide of it (launch, the q tile's load) is
+# the small part.
 
 
 def gluon_available() -> bool:
@@ -71,30 +71,6 @@ if gluon is not None:
         return lo, hi, (hi - lo + 1) // 2
 
     @gluon.jit
-    def _load_unit_steps(k_desc, v_desc, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, kept, lo, hi, n_steps,
-                         g0, row0, col0, BLOCK_N: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr):
-        """Both k-blocks of each of one unit's steps into the K ring and their values into the V ring; g0 is the
-        ring position of the unit's first step (the steps of the program's earlier units)."""
-        for j in range(n_steps):
-            g = g0 + j
-            s = g % STAGES
-            phase = ((g // STAGES) & 1) ^ 1  # a fresh barrier passes parity 1 at once
-            first = lo + 2 * j
-            start_a = gl.load(kept + first) * BLOCK_N
-            # an odd count's last step loads its block twice; the consumers mask the copy
-            start_b = gl.load(kept + gl.minimum(first + 1, hi - 1)) * BLOCK_N
-            mbarrier.wait(k_empty.index(s), phase)
-            bar = k_ready.index(s)
-            mbarrier.expect(bar, 2 * BLOCK_N * D * 2)
-            _tma_load(k_desc, [row0 + start_a, col0], bar, k_smem.index(s).slice(0, BLOCK_N))
-            _tma_load(k_desc, [row0 + start_b, col0], bar, k_smem.index(s).slice(BLOCK_N, BLOCK_N))
-            mbarrier.wait(v_empty.index(s), phase)
-            bar = v_ready.index(s)
-            mbarrier.expect(bar, 2 * BLOCK_N * D * 2)
-            _tma_load(v_desc, [row0 + start_a, col0], bar, v_smem.index(s).slice(0, BLOCK_N))
-            _tma_load(v_desc, [row0 + start_b, col0], bar, v_smem.index(s).slice(BLOCK_N, BLOCK_N))
-
-    @gluon.jit
     def _producer(q_desc, k_desc, v_desc, kvw_desc, q_smem, k_smem, v_smem, kvw_smem, q_bar, kvw_bar,
                   k_ready, k_empty, v_ready, v_empty, KEPT, L, H, n_keep, programs_per_head, unit0, chunk,
                   D: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
@@ -110,8 +86,25 @@ if gluon is not None:
             _tma_load(kvw_desc, [(b * H + h) * D, 0], kvw_bar, kvw_smem)
         kept = KEPT + ((b * H + h).to(gl.int64) * programs_per_head + pid_m) * n_keep
         lo, hi, n_steps = _kept_range(n_keep, chunk, PIECES)
-        _load_unit_steps(k_desc, v_desc, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, kept, lo, hi, n_steps,
-                         0, b * L, h * D, BLOCK_N, D, STAGES)
+        row0 = b * L
+        col0 = h * D
+        for j in range(n_steps):
+            s = j % STAGES
+            phase = ((j // STAGES) & 1) ^ 1  # a fresh barrier passes parity 1 at once
+            first = lo + 2 * j
+            start_a = gl.load(kept + first) * BLOCK_N
+            # an odd count's last step loads its block twice; the consumers mask the copy
+            start_b = gl.load(kept + gl.minimum(first + 1, hi - 1)) * BLOCK_N
+            mbarrier.wait(k_empty.index(s), phase)
+            bar = k_ready.index(s)
+            mbarrier.expect(bar, 2 * BLOCK_N * D * 2)
+            _tma_load(k_desc, [row0 + start_a, col0], bar, k_smem.index(s).slice(0, BLOCK_N))
+            _tma_load(k_desc, [row0 + start_b, col0], bar, k_smem.index(s).slice(BLOCK_N, BLOCK_N))
+            mbarrier.wait(v_empty.index(s), phase)
+            bar = v_ready.index(s)
+            mbarrier.expect(bar, 2 * BLOCK_N * D * 2)
+            _tma_load(v_desc, [row0 + start_a, col0], bar, v_smem.index(s).slice(0, BLOCK_N))
+            _tma_load(v_desc, [row0 + start_b, col0], bar, v_smem.index(s).slice(BLOCK_N, BLOCK_N))
 
     @gluon.jit
     def _mask_last_step(qk, kept, lo, last, j, L, BLOCK_N: gl.constexpr, KEYS: gl.constexpr, col_s: gl.constexpr):
@@ -134,18 +127,7 @@ if gluon is not None:
         return p, m_ij, l_i * alpha + gl.sum(p, axis=1), alpha
 
     @gluon.jit
-    def _linear_vectors(KSUM, BIAS, pid_bh, stride_ksum, D: gl.constexpr, WITH_LINEAR: gl.constexpr):
-        """The linear branch's sum phi(k) / L of this (b, h) and proj_l's bias, one element a thread: loaded before
-        the steps, so their latency hides under the MMAs instead of stalling the epilogue."""
-        layout: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])
-        offs = gl.arange(0, D, layout=layout)
-        if WITH_LINEAR:
-            return gl.load(KSUM + pid_bh.to(gl.int64) * stride_ksum + offs), gl.load(BIAS + offs)
-        zero = gl.zeros([D], gl.float32, layout=layout)
-        return zero, zero
-
-    @gluon.jit
-    def _finish(acc, m_i, l_i, qf, kvw_smem, kvw_bar, kvw_phase, O, ksum, bias, PART_O, PART_LSE,
+    def _finish(acc, m_i, l_i, qf, kvw_smem, kvw_bar, O, KSUM, BIAS, PART_O, PART_LSE,
                 stride_ob, stride_ol, stride_oh, stride_ksum, L, b, h, pid_m, pid_bh, eps_over_len,
                 D: gl.constexpr, BLOCK_M: gl.constexpr, PIECES: gl.constexpr, WITH_LINEAR: gl.constexpr,
                 ROWS: gl.constexpr, CID: gl.constexpr):
@@ -169,21 +151,24 @@ if gluon is not None:
         else:
             if WITH_LINEAR:  # o_l = [(phi(q) * s) / (phi(q) . s + eps / L)] @ KVW + bias, see the Triton kernel
                 e = gl.exp2((qf - gl.max(qf, axis=1)[:, None]) * _LOG2E)
-                w = e * gl.convert_layout(ksum, col_o)[None, :]
+                w = e * gl.load(KSUM + pid_bh.to(gl.int64) * stride_ksum + offs_d)[None, :]
                 denom = gl.sum(w, axis=1) + eps_over_len * gl.sum(e, axis=1)
-                mbarrier.wait(kvw_bar, kvw_phase)
+                mbarrier.wait(kvw_bar, 0)
                 acc = warpgroup_mma(gl.convert_layout((w / denom[:, None]).to(dtype), a_layout), kvw_smem, acc)
-                acc = acc + gl.convert_layout(bias, col_o)[None, :]
+                acc = acc + gl.load(BIAS + offs_d)[None, :]
             o_ptrs = (O + b.to(gl.int64) * stride_ob + h * stride_oh + rows[:, None].to(gl.int64) * stride_ol
                       + offs_d[None, :])
             gl.store(o_ptrs, acc.to(dtype), mask=(rows < L)[:, None])
 
     @gluon.jit
-    def _attend_unit(q_rows, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, kept, lo, hi, n_steps, g0, L,
-                     n_keep, qk_scale, D: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                     ROWS: gl.constexpr, OVERLAP: gl.constexpr):
-        """One warpgroup's ROWS rows of one unit: the online softmax over the kept blocks [lo, hi), whose steps
-        sit in the rings from position g0 on. Returns the unnormalized accumulator, row max and row sum.
+    def _consumer(q_smem, k_smem, v_smem, kvw_smem, q_bar, kvw_bar, k_ready, k_empty, v_ready, v_empty,
+                  KEPT, O, KSUM, BIAS, PART_O, PART_LSE,
+                  stride_ob, stride_ol, stride_oh, stride_ksum,
+                  L, H, n_keep, qk_scale, eps_over_len, programs_per_head, unit0, chunk,
+                  D: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+                  PIECES: gl.constexpr, WITH_LINEAR: gl.constexpr, ROWS: gl.constexpr, CID: gl.constexpr,
+                  OVERLAP: gl.constexpr):
+        """One warpgroup's ROWS rows: online softmax over the kept blocks, then the linear branch and the store.
 
         OVERLAP (FA3's intra-warpgroup overlap): step j's QK^T and step j-1's P V are issued together,
         asynchronously, and step j's softmax runs while P V_{j-1} is still on the tensor cores; only then is the
@@ -198,21 +183,28 @@ if gluon is not None:
         row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
         col_s: gl.constexpr = gl.SliceLayout(0, s_layout)
         row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
-        dtype: gl.constexpr = k_smem.dtype
+        dtype: gl.constexpr = q_smem.dtype
+
+        b, h, pid_m = _unit_of_program(programs_per_head, unit0, PIECES)
+        pid_bh = b * H + h
+        kept = KEPT + (pid_bh.to(gl.int64) * programs_per_head + pid_m) * n_keep
+        lo, hi, n_steps = _kept_range(n_keep, chunk, PIECES)
+        q_rows = q_smem.slice(CID * ROWS, ROWS)
 
         m_i = gl.full([ROWS], float("-inf"), gl.float32, layout=row_s)
         l_i = gl.full([ROWS], 0.0, gl.float32, layout=row_s)
         acc = gl.zeros([ROWS, D], gl.float32, layout=o_layout)
         zero_s = gl.zeros([ROWS, KEYS], gl.float32, layout=s_layout)
+        mbarrier.wait(q_bar, 0)
         # only the last step can hold the ragged final k-block (the list is sorted) or an odd count's copy
         last = hi - 1
         last_ragged = (gl.load(kept + last) * BLOCK_N + BLOCK_N > L) & (hi == n_keep)
         mask_last = last_ragged | ((hi - lo) % 2 == 1)
         if OVERLAP:
             # step 0: its logits and softmax; its P V waits for step 1's QK^T
-            mbarrier.wait(k_ready.index(g0 % STAGES), (g0 // STAGES) & 1)
-            qk = warpgroup_mma(q_rows, k_smem.index(g0 % STAGES).permute((1, 0)), zero_s, use_acc=False)
-            mbarrier.arrive(k_empty.index(g0 % STAGES), count=1)
+            mbarrier.wait(k_ready.index(0), 0)
+            qk = warpgroup_mma(q_rows, k_smem.index(0).permute((1, 0)), zero_s, use_acc=False)
+            mbarrier.arrive(k_empty.index(0), count=1)
             if mask_last and n_steps == 1:
                 qk = _mask_last_step(qk, kept, lo, last, 0, L, BLOCK_N, KEYS, col_s)
             m_i = gl.max(qk, axis=1) * qk_scale
@@ -220,12 +212,12 @@ if gluon is not None:
             l_i = gl.sum(p, axis=1)
             p_op = gl.convert_layout(p.to(dtype), a_layout)
             for j in range(1, n_steps):
-                s = (g0 + j) % STAGES
-                sp = (g0 + j - 1) % STAGES
-                mbarrier.wait(k_ready.index(s), ((g0 + j) // STAGES) & 1)
+                s = j % STAGES
+                sp = (j - 1) % STAGES
+                mbarrier.wait(k_ready.index(s), (j // STAGES) & 1)
                 qk_tok = warpgroup_mma(q_rows, k_smem.index(s).permute((1, 0)), zero_s, use_acc=False,
                                        is_async=True)
-                mbarrier.wait(v_ready.index(sp), ((g0 + j - 1) // STAGES) & 1)
+                mbarrier.wait(v_ready.index(sp), ((j - 1) // STAGES) & 1)
                 acc_tok = warpgroup_mma(p_op, v_smem.index(sp), acc, is_async=True)
                 qk = warpgroup_mma_wait(1, deps=[qk_tok])
                 mbarrier.arrive(k_empty.index(s), count=1)
@@ -237,51 +229,30 @@ if gluon is not None:
                 acc = acc * gl.convert_layout(alpha, row_o)[:, None]
                 p_op = gl.convert_layout(p.to(dtype), a_layout)
                 m_i = m_ij
-            sp = (g0 + n_steps - 1) % STAGES
-            mbarrier.wait(v_ready.index(sp), ((g0 + n_steps - 1) // STAGES) & 1)
+            sp = (n_steps - 1) % STAGES
+            mbarrier.wait(v_ready.index(sp), ((n_steps - 1) // STAGES) & 1)
             acc = warpgroup_mma(p_op, v_smem.index(sp), acc)
             mbarrier.arrive(v_empty.index(sp), count=1)
         else:
             for j in range(n_steps):
-                s = (g0 + j) % STAGES
-                mbarrier.wait(k_ready.index(s), ((g0 + j) // STAGES) & 1)
+                s = j % STAGES
+                mbarrier.wait(k_ready.index(s), (j // STAGES) & 1)
                 qk = warpgroup_mma(q_rows, k_smem.index(s).permute((1, 0)), zero_s, use_acc=False)
                 mbarrier.arrive(k_empty.index(s), count=1)
                 if mask_last and j == n_steps - 1:
                     qk = _mask_last_step(qk, kept, lo, last, j, L, BLOCK_N, KEYS, col_s)
                 p, m_ij, l_i, alpha = _online_softmax(qk, m_i, l_i, qk_scale)
                 acc = acc * gl.convert_layout(alpha, row_o)[:, None]
-                mbarrier.wait(v_ready.index(s), ((g0 + j) // STAGES) & 1)
+                mbarrier.wait(v_ready.index(s), (j // STAGES) & 1)
                 acc = warpgroup_mma(gl.convert_layout(p.to(dtype), a_layout), v_smem.index(s), acc)
                 mbarrier.arrive(v_empty.index(s), count=1)
                 m_i = m_ij
-        return acc, m_i, l_i
 
-    @gluon.jit
-    def _consumer(q_smem, k_smem, v_smem, kvw_smem, q_bar, kvw_bar, k_ready, k_empty, v_ready, v_empty,
-                  KEPT, O, KSUM, BIAS, PART_O, PART_LSE,
-                  stride_ob, stride_ol, stride_oh, stride_ksum,
-                  L, H, n_keep, qk_scale, eps_over_len, programs_per_head, unit0, chunk,
-                  D: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                  PIECES: gl.constexpr, WITH_LINEAR: gl.constexpr, ROWS: gl.constexpr, CID: gl.constexpr,
-                  OVERLAP: gl.constexpr):
-        """One warpgroup's ROWS rows: online softmax over the kept blocks, then the linear branch and the store."""
-        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                           instr_shape=[16, D, 16])
-        b, h, pid_m = _unit_of_program(programs_per_head, unit0, PIECES)
-        pid_bh = b * H + h
-        kept = KEPT + (pid_bh.to(gl.int64) * programs_per_head + pid_m) * n_keep
-        lo, hi, n_steps = _kept_range(n_keep, chunk, PIECES)
-        q_rows = q_smem.slice(CID * ROWS, ROWS)
-        ksum, bias = _linear_vectors(KSUM, BIAS, pid_bh, stride_ksum, D, WITH_LINEAR and PIECES == 1)
-        mbarrier.wait(q_bar, 0)
-        acc, m_i, l_i = _attend_unit(q_rows, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, kept, lo, hi,
-                                     n_steps, 0, L, n_keep, qk_scale, D, BLOCK_N, STAGES, ROWS, OVERLAP)
         if WITH_LINEAR and PIECES == 1:
             qf = q_rows.load(o_layout).to(gl.float32)
         else:
             qf = acc  # not read
-        _finish(acc, m_i, l_i, qf, kvw_smem, kvw_bar, 0, O, ksum, bias, PART_O, PART_LSE,
+        _finish(acc, m_i, l_i, qf, kvw_smem, kvw_bar, O, KSUM, BIAS, PART_O, PART_LSE,
                 stride_ob, stride_ol, stride_oh, stride_ksum, L, b, h, pid_m, pid_bh, eps_over_len,
                 D, BLOCK_M, PIECES, WITH_LINEAR, ROWS, CID)
 
@@ -335,116 +306,6 @@ if gluon is not None:
             [4, 4], [CONSUMER_REGS, CONSUMER_REGS])
 
 
-    @gluon.jit
-    def _unit_coords(u, H, programs_per_head):
-        """(b, h, q-block) of unit u of the whole batch, numbered as `_unit_of_program` numbers them."""
-        per_item = H * programs_per_head
-        unit = u % per_item
-        return u // per_item, unit // programs_per_head, unit % programs_per_head
-
-    @gluon.jit
-    def _producer_persistent(q_desc, k_desc, v_desc, kvw_desc, q_smem, k_smem, v_smem, kvw_smem, q_ready, q_empty,
-                             kvw_ready, kvw_empty, k_ready, k_empty, v_ready, v_empty, KEPT, L, H, n_keep,
-                             programs_per_head, n_units, D: gl.constexpr, BLOCK_M: gl.constexpr,
-                             BLOCK_N: gl.constexpr, STAGES: gl.constexpr, WITH_LINEAR: gl.constexpr):
-        """The loads of units pid, pid + G, ... in order: each unit's q tile into one of two q buffers (so the next
-        unit's arrives while this one's last steps run), its steps into the rings, which run on from unit to unit,
-        then its linear-branch matrix once the previous unit's epilogue is done with the single buffer."""
-        n_steps = (n_keep + 1) // 2
-        n = 0
-        for u in range(gl.program_id(0), n_units, gl.num_programs(0)):
-            b, h, pid_m = _unit_coords(u, H, programs_per_head)
-            qb = n % 2
-            mbarrier.wait(q_empty.index(qb), ((n // 2) & 1) ^ 1)
-            mbarrier.expect(q_ready.index(qb), BLOCK_M * D * 2)
-            _tma_load(q_desc, [b * L + pid_m * BLOCK_M, h * D], q_ready.index(qb), q_smem.index(qb))
-            kept = KEPT + ((b * H + h).to(gl.int64) * programs_per_head + pid_m) * n_keep
-            _load_unit_steps(k_desc, v_desc, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, kept, 0, n_keep,
-                             n_steps, n * n_steps, b * L, h * D, BLOCK_N, D, STAGES)
-            if WITH_LINEAR:
-                mbarrier.wait(kvw_empty, (n & 1) ^ 1)
-                mbarrier.expect(kvw_ready, D * D * 2)
-                _tma_load(kvw_desc, [(b * H + h) * D, 0], kvw_ready, kvw_smem)
-            n += 1
-
-    @gluon.jit
-    def _consumer_persistent(q_smem, k_smem, v_smem, kvw_smem, q_ready, q_empty, kvw_ready, kvw_empty,
-                             k_ready, k_empty, v_ready, v_empty, KEPT, O, KSUM, BIAS,
-                             stride_ob, stride_ol, stride_oh, stride_ksum,
-                             L, H, n_keep, qk_scale, eps_over_len, programs_per_head, n_units,
-                             D: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                             WITH_LINEAR: gl.constexpr, ROWS: gl.constexpr, CID: gl.constexpr,
-                             OVERLAP: gl.constexpr):
-        """`_consumer` over the program's units in turn: the same steps and epilogue per unit, so the same bits."""
-        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                           instr_shape=[16, D, 16])
-        n_steps = (n_keep + 1) // 2
-        n = 0
-        for u in range(gl.program_id(0), n_units, gl.num_programs(0)):
-            b, h, pid_m = _unit_coords(u, H, programs_per_head)
-            pid_bh = b * H + h
-            kept = KEPT + (pid_bh.to(gl.int64) * programs_per_head + pid_m) * n_keep
-            qb = n % 2
-            q_rows = q_smem.index(qb).slice(CID * ROWS, ROWS)
-            ksum, bias = _linear_vectors(KSUM, BIAS, pid_bh, stride_ksum, D, WITH_LINEAR)
-            mbarrier.wait(q_ready.index(qb), (n // 2) & 1)
-            acc, m_i, l_i = _attend_unit(q_rows, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, kept, 0,
-                                         n_keep, n_steps, n * n_steps, L, n_keep, qk_scale, D, BLOCK_N, STAGES,
-                                         ROWS, OVERLAP)
-            if WITH_LINEAR:
-                qf = q_rows.load(o_layout).to(gl.float32)
-            else:
-                qf = acc  # not read
-            mbarrier.arrive(q_empty.index(qb), count=1)
-            _finish(acc, m_i, l_i, qf, kvw_smem, kvw_ready, n & 1, O, ksum, bias, O, O,
-                    stride_ob, stride_ol, stride_oh, stride_ksum, L, b, h, pid_m, pid_bh, eps_over_len,
-                    D, BLOCK_M, 1, WITH_LINEAR, ROWS, CID)
-            if WITH_LINEAR:
-                mbarrier.arrive(kvw_empty, count=1)
-            n += 1
-
-    @gluon.jit
-    def _sla_attention_gluon_persistent_kernel(
-        q_desc, k_desc, v_desc, kvw_desc, KEPT, O, KSUM, BIAS,
-        stride_ob, stride_ol, stride_oh, stride_ksum,
-        L, H, n_keep, qk_scale, eps_over_len, programs_per_head, n_units,
-        D: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-        WITH_LINEAR: gl.constexpr, CONSUMER_REGS: gl.constexpr, OVERLAP: gl.constexpr,
-    ):
-        """Grid (at most one program per SM,): program p takes units p, p + G, ... of the whole batch (so at any
-        time the programs work on neighbouring units of one head, whose keys share L2, as the one-unit programs
-        do). Whole units only (no wave-tail pieces). Shared memory: two q tiles, the rings, the linear matrix."""
-        dtype: gl.constexpr = q_desc.dtype
-        ROWS: gl.constexpr = BLOCK_M // 2
-        q_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_M, D], q_desc.layout)
-        k_smem = gl.allocate_shared_memory(dtype, [STAGES, 2 * BLOCK_N, D], k_desc.layout)
-        v_smem = gl.allocate_shared_memory(dtype, [STAGES, 2 * BLOCK_N, D], v_desc.layout)
-        kvw_smem = gl.allocate_shared_memory(dtype, [D, D], kvw_desc.layout)
-        _, kvw_ready, k_ready, k_empty, v_ready, v_empty = _barriers(STAGES)
-        q_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-        q_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-        kvw_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-        for i in gl.static_range(2):
-            mbarrier.init(q_ready.index(i), count=1)
-            mbarrier.init(q_empty.index(i), count=2)
-        mbarrier.init(kvw_empty, count=2)
-        gl.warp_specialize(
-            [(_producer_persistent, (q_desc, k_desc, v_desc, kvw_desc, q_smem, k_smem, v_smem, kvw_smem, q_ready,
-                                     q_empty, kvw_ready, kvw_empty, k_ready, k_empty, v_ready, v_empty, KEPT, L, H,
-                                     n_keep, programs_per_head, n_units, D, BLOCK_M, BLOCK_N, STAGES, WITH_LINEAR)),
-             (_consumer_persistent, (q_smem, k_smem, v_smem, kvw_smem, q_ready, q_empty, kvw_ready, kvw_empty,
-                                     k_ready, k_empty, v_ready, v_empty, KEPT, O, KSUM, BIAS,
-                                     stride_ob, stride_ol, stride_oh, stride_ksum, L, H, n_keep, qk_scale,
-                                     eps_over_len, programs_per_head, n_units, D, BLOCK_M, BLOCK_N, STAGES,
-                                     WITH_LINEAR, ROWS, 0, OVERLAP)),
-             (_consumer_persistent, (q_smem, k_smem, v_smem, kvw_smem, q_ready, q_empty, kvw_ready, kvw_empty,
-                                     k_ready, k_empty, v_ready, v_empty, KEPT, O, KSUM, BIAS,
-                                     stride_ob, stride_ol, stride_oh, stride_ksum, L, H, n_keep, qk_scale,
-                                     eps_over_len, programs_per_head, n_units, D, BLOCK_M, BLOCK_N, STAGES,
-                                     WITH_LINEAR, ROWS, 1, OVERLAP))],
-            [4, 4], [CONSUMER_REGS, CONSUMER_REGS])
-
-
 def gluon_layout_ok(q, k, v, kvw, block_q: int, block_k: int) -> bool:
     """What this kernel handles: 16-bit (B, L, H, D) tensors viewable as (B*L, H*D) rows for TMA, D = 128 (the
     Wan heads; the MMA shapes are fixed for it), 128-token q-blocks of 64-token k-blocks."""
@@ -458,15 +319,9 @@ def gluon_layout_ok(q, k, v, kvw, block_q: int, block_k: int) -> bool:
     return kvw is None or (kvw.dtype == q.dtype and kvw.is_contiguous())
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def launch_gluon_attention(q, k, v, kept, kvw, k_sum_mean, bias, out, part_o, part_lse, programs_per_head,
                            block_q, block_k, with_linear, qk_scale, eps_over_len, launches):
-    """The fused kernel's launches (`launches`: (programs, first unit, pieces, chunk) each), through Gluon: one
-    persistent launch for a single launch of whole units when GLUON_ATTENTION["persistent"], else as given."""
+    """The fused kernel's launches (`launches`: (programs, first unit, pieces, chunk) each), through Gluon."""
     B, L, H, D = q.shape
     cfg = GLUON_ATTENTION
 
@@ -476,17 +331,6 @@ def launch_gluon_attention(q, k, v, kept, kvw, k_sum_mean, bias, out, part_o, pa
     q_desc, k_desc, v_desc = rows_view(q, block_q), rows_view(k, block_k), rows_view(v, block_k)
     kvw_flat = (kvw if with_linear else q.new_zeros(D, D)).reshape(-1, D)
     kvw_desc = descriptor(kvw_flat, [D, D])
-    if cfg["persistent"] and len(launches) == 1 and launches[0][1:3] == (0, 1):
-        n_units = B * launches[0][0]
-        _sla_attention_gluon_persistent_kernel[(min(n_units, _sm_count(q.device)),)](
-            q_desc, k_desc, v_desc, kvw_desc, kept, out, k_sum_mean, bias,
-            out.stride(0), out.stride(1), out.stride(2), k_sum_mean.stride(1),
-            L, H, kept.shape[-1], qk_scale, eps_over_len, programs_per_head, n_units,
-            D=D, BLOCK_M=block_q, BLOCK_N=block_k, STAGES=cfg["stages"], WITH_LINEAR=with_linear,
-            CONSUMER_REGS=cfg["consumer_regs"], OVERLAP=cfg["overlap"], num_warps=cfg["num_warps"],
-            enable_fp_fusion=True,
-        )
-        return
     for n_programs, unit0, pieces, chunk in launches:
         _sla_attention_gluon_kernel[(n_programs, B)](
             q_desc, k_desc, v_desc, kvw_desc, kept, out, k_sum_mean, bias, part_o, part_lse,

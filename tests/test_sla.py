@@ -526,25 +526,6 @@ def test_gpu_the_gluon_kernels_overlapped_schedule_gives_the_plain_schedules_bit
 
 @pytest.mark.gpu
 @gluon_gpu
-@pytest.mark.parametrize("B, L, H, topk", [(2, 4133, 4, 0.2), (1, 1000, 2, 0.07), (1, 16384, 8, 0.1)],
-                         ids=["ragged-batch-of-2-odd-count", "fewer-units-than-sms", "units-in-turn"])
-def test_gpu_the_persistent_gluon_kernel_gives_the_one_unit_programs_bits(B, L, H, topk, monkeypatch):
-    """One program per SM taking units in turn changes when tiles load, not what any unit computes."""
-    q, k, v = make_qkv(B, L, H, 128, seed=8, dtype=torch.bfloat16, device="cuda")
-    plan = sla.sla_triton_plan(q, k, v, *make_proj(128, device="cuda"), topk)
-    for overlap in (True, False):
-        monkeypatch.setitem(sla_gluon.GLUON_ATTENTION, "overlap", overlap)
-        outs = {}
-        for persistent in (False, True):
-            monkeypatch.setitem(sla_gluon.GLUON_ATTENTION, "persistent", persistent)
-            outs[persistent] = [sla.sla_sparse_attention(q, k, v, *plan, kernel="gluon", wave_slots=0),
-                                sla.sla_sparse_attention(q, k, v, plan[0], kernel="gluon", wave_slots=0)]
-        for one_unit, persistent in zip(outs[False], outs[True]):
-            assert torch.equal(one_unit, persistent), overlap
-
-
-@pytest.mark.gpu
-@gluon_gpu
 @pytest.mark.parametrize("B, L, H, topk", [(2, 4133, 4, 0.2), (1, 1000, 2, 0.07), (1, 8192, 3, 0.1)],
                          ids=["ragged-batch-of-2-odd-count", "one-block-one-step", "aligned"])
 def test_gpu_the_8bit_experiment_kernel_stays_near_the_reference_and_repeats_its_bits(B, L, H, topk):

@@ -1,5 +1,4 @@
-"""The warp-specialized Gluon kernel (`kernels/sla_gluon.py`): persistent (the default), one program per q-block,
-and with the plain (not overlapped) schedule, against the Triton kernel.
+"""The warp-specialized Gluon kernel (`kernels/sla_gluon.py`), overlapped and plain, against the Triton kernel.
 
     python bench/experiments/gluon_ab.py [--shape 1,32760,12,128] [--rounds 7] [--check]
 
@@ -26,15 +25,13 @@ def rel(a, b):
     return float((a.float() - b.float()).norm() / b.float().norm())
 
 
-# name: (kernel, GLUON_ATTENTION["overlap"], GLUON_ATTENTION["persistent"])
-VARIANTS = {"triton": ("triton", False, False), "gluon": ("gluon", True, True),
-            "gluon-one-unit": ("gluon", True, False), "gluon-plain": ("gluon", False, True)}
+# name: (kernel, GLUON_ATTENTION["overlap"])
+VARIANTS = {"triton": ("triton", False), "gluon": ("gluon", True), "gluon-plain": ("gluon", False)}
 
 
 def sparse(q, k, v, plan, name):
-    kernel, overlap, persistent = VARIANTS[name]
+    kernel, overlap = VARIANTS[name]
     sla_gluon.GLUON_ATTENTION["overlap"] = overlap
-    sla_gluon.GLUON_ATTENTION["persistent"] = persistent
     return sla.sla_sparse_attention(q, k, v, *plan, kernel=kernel)
 
 
@@ -68,9 +65,7 @@ def main():
     again = sparse(q, k, v, plan, "gluon")
     print(f"shape {shape}: gluon vs triton rel err {rel(outs['gluon'], outs['triton']):.2e}, "
           f"gluon finite {bool(outs['gluon'].isfinite().all())}, "
-          f"gluon repeat bitwise {torch.equal(again, outs['gluon'])}, overlapped = plain bitwise "
-          f"{torch.equal(outs['gluon'], outs['gluon-plain'])}, persistent = one unit a program bitwise "
-          f"{torch.equal(outs['gluon'], outs['gluon-one-unit'])}")
+          f"gluon repeat bitwise {torch.equal(again, outs['gluon'])}, overlapped = plain bitwise {torch.equal(outs['gluon'], outs['gluon-plain'])}")
     if args.check:
         ref = sla.sla_reference(q.float(), k.float(), v.float(), w, b, 0.1)
         print(f"  vs fp32 reference: gluon {rel(outs['gluon'], ref):.2e}, triton {rel(outs['triton'], ref):.2e}")

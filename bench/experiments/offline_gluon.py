@@ -44,8 +44,7 @@ def compile_sm90(fn, args: dict, constexprs: dict, options: dict):
 
 
 def compile_sla(overrides: dict):
-    """The attention kernel as `launch_gluon_attention` launches it at 1.3B 480p (persistent or one program per
-    q-block, as GLUON_ATTENTION["persistent"] says)."""
+    """The attention kernel as `launch_gluon_attention` launches it at 1.3B 480p (one program per q-block)."""
     B, L, H, D, bq, bk = 1, 32760, 12, 128, 128, 64
     cfg = {**sla_gluon.GLUON_ATTENTION, **overrides}
     flat = torch.empty(B * L, H * D, dtype=torch.bfloat16)
@@ -57,14 +56,8 @@ def compile_sla(overrides: dict):
                  qk_scale=0.1, eps_over_len=1e-9, programs_per_head=256, unit0=0, chunk=52)
     consts = dict(D=D, BLOCK_M=bq, BLOCK_N=bk, STAGES=cfg["stages"], PIECES=1, WITH_LINEAR=True,
                   CONSUMER_REGS=cfg["consumer_regs"], OVERLAP=cfg["overlap"])
-    kernel = sla_gluon._sla_attention_gluon_kernel
-    if cfg["persistent"]:
-        kernel = sla_gluon._sla_attention_gluon_persistent_kernel
-        for name in ("PART_O", "PART_LSE", "unit0", "chunk"):
-            del kargs[name]
-        kargs["n_units"] = H * kargs["programs_per_head"]
-        del consts["PIECES"]
-    return compile_sm90(kernel, kargs, consts, dict(num_warps=cfg["num_warps"], enable_fp_fusion=True)), cfg
+    return compile_sm90(sla_gluon._sla_attention_gluon_kernel, kargs, consts,
+                        dict(num_warps=cfg["num_warps"], enable_fp_fusion=True)), cfg
 
 
 def compile_sla8(overrides: dict):
