@@ -43,6 +43,9 @@ from kernels.fp8_linear import gelu_tanh_ref  # noqa: E402
 from kernels.gemm_gluon import GELU_MODES, launch_gluon_gemm  # noqa: E402
 
 SHAPES = {"1.3b": (32760, 1536, 8960), "14b": (75600, 5120, 13824)}  # M, dim, ffn
+# --sweep: the grouped tile order's group height (GLUON_GEMM GROUP_M, 8) and the ring depth (STAGES, 4)
+SWEEP = {"group 4": dict(GROUP_M=4), "group 16": dict(GROUP_M=16), "group 32": dict(GROUP_M=32),
+         "5 stages": dict(STAGES=5)}
 
 
 def ordinal(codes: torch.Tensor) -> torch.Tensor:
@@ -63,7 +66,7 @@ def interleaved(fns: dict, rounds: int, flops: int, title: str):
         print(f"  {n:40s} {ms:7.3f} ms  {flops / ms / 1e9:7.0f} TFLOP/s  rounds {' '.join(f'{v:.3f}' for v in t)}")
 
 
-def oproj(model: str, rounds: int, sms: int):
+def oproj(model: str, rounds: int, sms: int, sweep: dict):
     M, D, _ = SHAPES[model]
     dev = "cuda"
     a = torch.randn(M, D, device=dev, dtype=torch.bfloat16)
@@ -81,6 +84,8 @@ def oproj(model: str, rounds: int, sms: int):
            "gluon gated residual (the DiT's route)": gluon(RESIDUAL, res=res, gate=gate, L=M),
            "triton gated residual": lambda: matmul_residual_triton(a, None, w, None, b, res, gate, M, out=out,
                                                                    config={"GLUON": False})}
+    fns.update({f"gluon gated residual {name}": gluon(RESIDUAL, res=res, gate=gate, L=M, config=cfg)
+                for name, cfg in sweep.items()})
     interleaved(fns, rounds, 2 * M * D * D, f"{model} o projection bf16 {M}x{D}x{D}")
 
 
@@ -90,6 +95,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--no-ffn", action="store_true")
     ap.add_argument("--no-oproj", action="store_true")
+    ap.add_argument("--sweep", action="store_true", help="also the tile-order group and ring depth of SWEEP")
     args = ap.parse_args()
     torch.manual_seed(0)
     dev = "cuda"
@@ -97,7 +103,7 @@ def main():
     print(torch.cuda.get_device_name(), "| torch", torch.__version__, "| triton", triton.__version__)
     for model in args.models.split(","):
         if not args.no_oproj:
-            oproj(model, args.rounds, sms)
+            oproj(model, args.rounds, sms, SWEEP if args.sweep else {})
         if args.no_ffn:
             continue
         M, D, H = SHAPES[model]
@@ -109,13 +115,17 @@ def main():
         h_bf16 = torch.empty(M, H, device=dev, dtype=torch.bfloat16)
         codes = {k: torch.empty(M, H, device=dev, dtype=FP8_DTYPE) for k in GELU_MODES}
 
-        def gluon(epilogue, out, mode="exp2_div"):
+        def gluon(epilogue, out, mode="exp2_div", **cfg):
             return lambda: launch_gluon_gemm(xq, xs, w, ws, b, epilogue, a_mode=1, out=out, qs=hs, num_sms=sms,
-                                             config={"gelu": mode})
+                                             config={"gelu": mode, **cfg})
 
         fns = {"cuBLAS _scaled_mm alone (bf16 out)": lambda: fp8_matmul(xq, xs, w, ws, b, use_fast_accum=True),
                "gluon plain store (bf16 out)": gluon(STORE, h_bf16)}
         fns.update({f"gluon GELU + quant, {m}": gluon(GELU_QUANT_ROWS, codes[m], m) for m in GELU_MODES})
+        if args.sweep:
+            fns.update({f"gluon GELU + quant, tanh_approx {name}": gluon(GELU_QUANT_ROWS, codes["tanh_approx"],
+                                                                         "tanh_approx", **cfg)
+                        for name, cfg in SWEEP.items()})
         interleaved(fns, args.rounds, 2 * M * D * H, f"{model} FFN up {M}x{H}x{D}")
         h = fp8_matmul_emulated(xq, xs, w, ws, b)
         ref = F.gelu(h.float(), approximate="tanh")
