@@ -139,7 +139,9 @@ if gluon is not None:
         row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
         col_o: gl.constexpr = gl.SliceLayout(0, o_layout)
         dtype: gl.constexpr = kvw_smem.dtype
-        acc = acc / gl.convert_layout(l_i, row_o)[:, None]
+        # one reciprocal a row, then multiplies, instead of 128 divides a thread: the same bits (div.full is itself a
+        # reciprocal and a multiply), fewer instructions (bench/experiments/sla_kernel_rev_ab.py: time within noise)
+        acc = acc * gl.convert_layout(1.0 / l_i, row_o)[:, None]
         rows = pid_m * BLOCK_M + CID * ROWS + gl.arange(0, ROWS, layout=row_o)
         offs_d = gl.arange(0, D, layout=col_o)
         if PIECES > 1:  # every row of a piece saw at least one real key, so l_i >= 1
@@ -154,7 +156,7 @@ if gluon is not None:
                 w = e * gl.load(KSUM + pid_bh.to(gl.int64) * stride_ksum + offs_d)[None, :]
                 denom = gl.sum(w, axis=1) + eps_over_len * gl.sum(e, axis=1)
                 mbarrier.wait(kvw_bar, 0)
-                acc = warpgroup_mma(gl.convert_layout((w / denom[:, None]).to(dtype), a_layout), kvw_smem, acc)
+                acc = warpgroup_mma(gl.convert_layout((w * (1.0 / denom)[:, None]).to(dtype), a_layout), kvw_smem, acc)
                 acc = acc + gl.load(BIAS + offs_d)[None, :]
             o_ptrs = (O + b.to(gl.int64) * stride_ob + h * stride_oh + rows[:, None].to(gl.int64) * stride_ol
                       + offs_d[None, :])
