@@ -43,16 +43,16 @@ except ImportError:  # pragma: no cover - Triton without Gluon: the Triton kerne
 # Registers (`fp8_gemm_ab.py --gluon-sweep`, H100, 1.3B): 224 a consumer thread; 232 made the plain store 40% slower
 # (0.179 vs 0.128 ms) and the fused epilogues ~1% slower; 3 stages lose 5-25%, 5 stages nothing.
 # gelu: how the FFN epilogue computes GELU(tanh), one of GELU_MODES:
-#   exp2_div     x / (1 + 2^t) with a full-range divide: the Triton kernel's math and bits (two MUFU ops)
-#   exp2_rcp     the same with the hardware reciprocal: the same bits and time as exp2_div (dropped)
+#   exp2_div     x / (1 + 2^t) with a full-range divide: the Triton kernel's math and bits (two MUFU ops; with an
+#                explicit rcp.approx instead of the divide: the same bits and time, bench/HISTORY.md session 14)
 #   tanh_approx  0.5 x (1 + tanh(u)) with PTX's tanh.approx.f32 (one MUFU op). For x << 0 it cancels (tanh.approx's
 #                ~2^-11 absolute error against 1 + tanh(u) ~ 0), but those values sit far below the per-token fp8
 #                scale: the hidden's relative error stays 2.670e-2 at 1.3B, 2.680e-2 at 14B, as with exp2_div.
 # H100, bench/experiments/gluon_epilogue_ab.py, FFN up GEMM + GELU + fp8 quantization at 1.3B: exp2_div 0.936 ms,
-# exp2_rcp 0.936, tanh_approx 0.844 (a plain bf16 store 0.802, cuBLAS alone 0.733); at 14B the epilogue hides under
+# tanh_approx 0.844 (a plain bf16 store 0.802, cuBLAS alone 0.733); at 14B the epilogue hides under
 # the longer mainloop either way (8.18-8.36 ms, noise).
 GLUON_GEMM = dict(BLOCK_M=128, BLOCK_N=128, STAGES=4, GROUP_M=8, consumer_regs=224, num_warps=4, gelu="tanh_approx")
-GELU_MODES = {"exp2_div": 0, "tanh_approx": 1, "exp2_rcp": 2}
+GELU_MODES = {"exp2_div": 0, "tanh_approx": 1}
 
 
 if gluon is not None:
@@ -85,26 +85,18 @@ if gluon is not None:
                 step += 1
 
     @gluon.jit
-    def _approx(op: gl.constexpr, x):
-        """A PTX approximate unary op (`tanh`, `rcp`) on fp32 elements: one MUFU instruction."""
-        return gl.inline_asm_elementwise(op + ".approx.f32 $0, $1;", "=f,f", [x], dtype=gl.float32, is_pure=True,
-                                         pack=1)
-
-    @gluon.jit
     def _gelu_tanh(x, MODE: gl.constexpr):
         """GELU(tanh) of fp32 x rounded to bf16 (GELU_MODES). Mode 0 is `kernels.fp8_linear._gelu_tanh` on the GPU:
         x / (1 + 2^(x (C1 + C2 x^2)))."""
-        if MODE == 1:
+        if MODE == 1:  # PTX's tanh.approx.f32: one MUFU instruction
             u = x * (_GELU_K1 + _GELU_K3 * (x * x))
             hx = 0.5 * x
-            g = hx + hx * _approx("tanh", u)
+            g = hx + hx * gl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [u], dtype=gl.float32,
+                                                    is_pure=True, pack=1)
         else:
             t = x * (_GELU_C1 + _GELU_C2 * (x * x))
             t = gl.minimum(gl.maximum(t, -_EXP2_CLAMP), _EXP2_CLAMP)
-            if MODE == 2:
-                g = x * _approx("rcp", 1.0 + gl.exp2(t))
-            else:
-                g = gl.fdiv(x, 1.0 + gl.exp2(t))
+            g = gl.fdiv(x, 1.0 + gl.exp2(t))
         return g.to(gl.bfloat16).to(gl.float32)
 
     @gluon.jit

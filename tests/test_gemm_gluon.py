@@ -147,7 +147,7 @@ def test_the_gluon_ffn_meets_the_references_and_repeats_its_bits(m, d, h):
 
 @pytest.mark.gpu
 @hopper
-@pytest.mark.parametrize("mode", ["exp2_div", "tanh_approx", "exp2_rcp"])
+@pytest.mark.parametrize("mode", ["exp2_div", "tanh_approx"])
 def test_every_gelu_mode_of_the_ffn_epilogue_meets_the_reference_and_repeats_its_bits(mode):
     """The hardware tanh cancels for x << 0, but those values lie far below the row's fp8 scale: every mode keeps the
     reference's error and at most moves a code by one step here and there against the Triton kernel's math."""
