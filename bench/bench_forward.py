@@ -92,7 +92,7 @@ def breakdown(fn) -> dict:
         c = category(evt.key)
         out[c] += t / 1000.0
         top[evt.key] = (t / 1000.0, evt.count)
-    out["top"] = sorted(top.items(), key=lambda kv: -kv[1][0])[:40]
+    out["top"] = sorted(top.items(), key=lambda kv: -kv[1][0])
     return out
 
 

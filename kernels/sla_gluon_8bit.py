@@ -13,13 +13,17 @@ the transposed values of the two blocks are two separate [D, 64] tiles. The int8
 int32 bits of 1.5 * 2^23, so the float they spell is 1.5 * 2^23 + s exactly (|s| < 2^21 for D = 128) and one FFMA
 turns them into scaled logits without an int-to-float conversion.
 
-One launch, no wave-tail split; the linear branch reads the 16-bit q. Not wired into the model, because it lost:
-on an H100 at 1.3B 480p (bench/experiments/sla_8bit_ab.py, same run) it takes 1.379 ms against 1.202 ms for the
-bf16 kernel in one launch, with 3.1e-2 relative error against the float32 reference (bf16 kernel 1.9e-3; the int8
-QK^T alone measured 1.3e-2 in session 7, so most of the error is the fp8 P V). Its softmax stream grew: two N = 64
-halves per step, and e4m3's register layout for the P V MMA's A operand differs from the logits' accumulator
-layout, so every step byte-permutes and shuffles P (FA3 avoids the shuffles by permuting the keys of V^T to match,
-which Gluon's layouts would have to express).
+One launch, no wave-tail split; the linear branch reads the 16-bit q. e4m3's register layout for the P V MMA's A
+operand differs from the logits' accumulator layout; as FA3 does, P's columns are relabelled instead of moved
+(`_keys_in_mma_order`, a reshape and permute whose layout conversion the compiler proves trivial) and the keys of
+each 64-key block of V^T are stored in the same order (`MMA_KEY_ORDER`). That removed 64 shuffles and 320 byte
+permutes from the kernel's sm_90 PTX and took the kernel from 1.379 to 1.217 ms. Not wired into the model, because
+it gains too little: on an H100 at 1.3B 480p (bench/experiments/sla_8bit_ab.py, same run) 1.217 ms against 1.264 ms
+for the bf16 kernel in one launch (4%, less than the quantization passes it would need), with 3.2-3.5e-2 relative
+error against the float32 reference (bf16 kernel 1.9e-3; most of it from the fp8 P V). The step is bound by the
+softmax as much as by the MMAs: halving the MMA work leaves the exp2s and the rescaling. One N = 128 QK^T MMA a step
+over both blocks (one softmax pass) measured slower at 1.3B: 1.305 ms (1.234 with 4 stages); at 14B 720p it took
+18.8 ms against 20.3 for the bf16 kernel.
 """
 from __future__ import annotations
 
@@ -42,16 +46,22 @@ LOG2_FP8_MAX = math.log2(FP8_MAX)
 SLA_8BIT = dict(stages=3, consumer_regs=240, num_warps=4)
 
 
+# The key each slot of a 64-key block holds in V^T: the order `_keys_in_mma_order` gives P's columns.
+MMA_KEY_ORDER = torch.arange(64).view(2, 2, 2, 2, 2, 2).permute(0, 1, 3, 4, 2, 5).reshape(64)
+
+
 def quantize_sla_8bit_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_k: int = 64):
     """(q8, q_scale, k8, k_scale) as `sla.quantize_qk_int8_reference`, plus v per channel as transposed e4m3:
-    vt8 (B, H, D, L rounded up to 16) with zero padding, v_scale (B, H, D) = amax over L / 448."""
+    vt8 (B, H, D, L rounded up to 64) with zero padding and each 64-key block's keys in `MMA_KEY_ORDER`, v_scale
+    (B, H, D) = amax over L / 448."""
     q8, q_scale, k8, k_scale = sla.quantize_qk_int8_reference(q, k, block_k)
     B, L, H, D = v.shape
     v_scale = v.float().abs().amax(1).clamp_min(1e-12) / FP8_MAX  # (B, H, D)
-    lpad = -(-L // 16) * 16
-    vt8 = torch.zeros(B, H, D, lpad, dtype=torch.float8_e4m3fn, device=v.device)
-    vt8[..., :L] = (v.float() / v_scale[:, None]).permute(0, 2, 3, 1).to(torch.float8_e4m3fn)
-    return q8, q_scale, k8, k_scale, vt8, v_scale
+    lpad = -(-L // 64) * 64
+    vt = torch.zeros(B, H, D, lpad, dtype=torch.float32, device=v.device)
+    vt[..., :L] = (v.float() / v_scale[:, None]).permute(0, 2, 3, 1)
+    vt8 = vt.view(B, H, D, lpad // 64, 64)[..., MMA_KEY_ORDER.to(v.device)].view(B, H, D, lpad)
+    return q8, q_scale, k8, k_scale, vt8.to(torch.float8_e4m3fn), v_scale
 
 
 if gluon is not None:
@@ -95,6 +105,14 @@ if gluon is not None:
             _tma_load(vt_desc, [vt_row0, start_b], bar, v_smem.index(2 * s + 1))
 
     @gluon.jit
+    def _keys_in_mma_order(p):
+        """P's 64 columns reordered (no data movement) so the logits' accumulator registers are the fp8 P V MMA's
+        A operand: column bits (b5, b4, b3, b2, b1, b0) -> MMA k bits (b5, b4, b2, b1, b3, b0)."""
+        rows: gl.constexpr = p.shape[0]
+        p = p.reshape([rows, 2, 2, 2, 2, 2, 2]).permute(0, 1, 2, 4, 5, 3, 6)
+        return p.reshape([rows, 64])
+
+    @gluon.jit
     def _softmax8(sa, sb, m_i, l_i, c_row, ks_a, ks_b, real_a, real_b, masked, p_layout: gl.constexpr):
         """One step's online softmax from the int8 logits of its two blocks: (P_a, P_b) as 448 * p in e4m3 for
         the P V MMA, the new row max (base-2 logits), the new 448-scaled row sum, and the accumulator's factor."""
@@ -109,8 +127,8 @@ if gluon is not None:
         pb = gl.exp2(yb * c_row[:, None] - shift[:, None])
         alpha = gl.exp2(m_i - m_new)
         l_new = l_i * alpha + (gl.sum(pa, axis=1) + gl.sum(pb, axis=1))
-        pa8 = gl.convert_layout(pa.to(gl.float8e4nv), p_layout)
-        pb8 = gl.convert_layout(pb.to(gl.float8e4nv), p_layout)
+        pa8 = gl.convert_layout(_keys_in_mma_order(pa.to(gl.float8e4nv)), p_layout, assert_trivial=True)
+        pb8 = gl.convert_layout(_keys_in_mma_order(pb.to(gl.float8e4nv)), p_layout, assert_trivial=True)
         return pa8, pb8, m_new, l_new, alpha
 
     @gluon.jit
@@ -121,6 +139,34 @@ if gluon is not None:
         real_a = gl.load(kept + first) * BLOCK_N + cols < L
         real_b = (gl.load(kept + gl.minimum(first + 1, last)) * BLOCK_N + cols < L) & (first + 1 <= last)
         return real_a, real_b
+
+    @gluon.jit
+    def _store8(acc, m_i, l_i, kvw_smem, kvw_bar, Q16, O, KSUM, BIAS, VS, stride_qb, stride_ql, stride_qh,
+                stride_ob, stride_ol, stride_oh, stride_ksum, L, b, h, pid_m, pid_bh, eps_over_len,
+                D: gl.constexpr, BLOCK_M: gl.constexpr, WITH_LINEAR: gl.constexpr, ROWS: gl.constexpr,
+                CID: gl.constexpr):
+        """The value scales, then the bf16 kernel's epilogue (normalization, linear branch, store)."""
+        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, D, 32])
+        col_o: gl.constexpr = gl.SliceLayout(0, o_layout)
+        offs_d = gl.arange(0, D, layout=col_o)
+        acc = acc * gl.load(VS + pid_bh.to(gl.int64) * D + offs_d)[None, :]
+        # the bf16 kernel's accumulator layout (the same registers: an MMA's K step does not move its output)
+        o16_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                             instr_shape=[16, D, 16])
+        acc = gl.convert_layout(acc, o16_layout)
+        row_o16: gl.constexpr = gl.SliceLayout(1, o16_layout)
+        col_o16: gl.constexpr = gl.SliceLayout(0, o16_layout)
+        rows_o = pid_m * BLOCK_M + CID * ROWS + gl.arange(0, ROWS, layout=row_o16)
+        offs_d = gl.arange(0, D, layout=col_o16)
+        if WITH_LINEAR:
+            qf = gl.load(Q16 + b.to(gl.int64) * stride_qb + h * stride_qh + rows_o[:, None].to(gl.int64) * stride_ql
+                         + offs_d[None, :], mask=(rows_o < L)[:, None], other=0.0).to(gl.float32)
+        else:
+            qf = acc  # not read
+        _finish(acc, m_i - _LOG2_FP8_MAX, l_i, qf, kvw_smem, kvw_bar, O, KSUM, BIAS, O, O,
+                stride_ob, stride_ol, stride_oh, stride_ksum, L, b, h, pid_m, pid_bh, eps_over_len,
+                D, BLOCK_M, 1, WITH_LINEAR, ROWS, CID)
 
     @gluon.jit
     def _consumer8(q_smem, k_smem, v_smem, kvw_smem, q_bar, kvw_bar, k_ready, k_empty, v_ready, v_empty,
@@ -139,7 +185,6 @@ if gluon is not None:
         row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
         col_s: gl.constexpr = gl.SliceLayout(0, s_layout)
         row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
-        col_o: gl.constexpr = gl.SliceLayout(0, o_layout)
 
         b, h, pid_m = _unit_of_program(programs_per_head, 0, 1)
         pid_bh = b * H + h
@@ -199,24 +244,9 @@ if gluon is not None:
         acc = warpgroup_mma(pb, v_smem.index(2 * sp + 1).permute((1, 0)), acc)
         mbarrier.arrive(v_empty.index(sp), count=1)
 
-        offs_d = gl.arange(0, D, layout=col_o)
-        acc = acc * gl.load(VS + pid_bh.to(gl.int64) * D + offs_d)[None, :]
-        # the bf16 kernel's accumulator layout (the same registers: an MMA's K step does not move its output)
-        o16_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                             instr_shape=[16, D, 16])
-        acc = gl.convert_layout(acc, o16_layout)
-        row_o16: gl.constexpr = gl.SliceLayout(1, o16_layout)
-        col_o16: gl.constexpr = gl.SliceLayout(0, o16_layout)
-        rows_o = pid_m * BLOCK_M + CID * ROWS + gl.arange(0, ROWS, layout=row_o16)
-        offs_d = gl.arange(0, D, layout=col_o16)
-        if WITH_LINEAR:
-            qf = gl.load(Q16 + b.to(gl.int64) * stride_qb + h * stride_qh + rows_o[:, None].to(gl.int64) * stride_ql
-                         + offs_d[None, :], mask=(rows_o < L)[:, None], other=0.0).to(gl.float32)
-        else:
-            qf = acc  # not read
-        _finish(acc, m_i - _LOG2_FP8_MAX, l_i, qf, kvw_smem, kvw_bar, O, KSUM, BIAS, O, O,
+        _store8(acc, m_i, l_i, kvw_smem, kvw_bar, Q16, O, KSUM, BIAS, VS, stride_qb, stride_ql, stride_qh,
                 stride_ob, stride_ol, stride_oh, stride_ksum, L, b, h, pid_m, pid_bh, eps_over_len,
-                D, BLOCK_M, 1, WITH_LINEAR, ROWS, CID)
+                D, BLOCK_M, WITH_LINEAR, ROWS, CID)
 
     @gluon.jit
     def _sla_attention_8bit_kernel(
@@ -257,7 +287,7 @@ def kernel_arguments(q, quantized, kept, kvw, k_sum_mean, bias, out, block_q: in
     cfg = SLA_8BIT
     with_linear = kvw is not None
     rows2d = lambda x: x.as_strided((B * L, H * D), (x.stride(1), 1))  # noqa: E731
-    vt2d = vt8.as_strided((B * H * D, L), (vt8.stride(2), 1))  # TMA fills keys past L with zeros
+    vt2d = vt8.view(B * H * D, vt8.shape[-1])  # its whole padded width: the zero keys sit among a block's slots
     kvw2d = (kvw if with_linear else q.new_zeros(B, H, D, D)).reshape(-1, D)
     args = dict(q_desc=descriptor(rows2d(q8), [block_q, D]), k_desc=descriptor(rows2d(k8), [block_k, D]),
                 vt_desc=descriptor(vt2d, [D, block_k]), kvw_desc=descriptor(kvw2d, [D, D]), KEPT=kept, Q16=q,

@@ -507,6 +507,23 @@ def test_gpu_the_gluon_kernel_agrees_with_the_triton_kernel_split_or_not_with_or
         assert torch.equal(alone, sla.sla_sparse_attention(q, k, v, *plan, kernel="gluon")[i : i + 1])
 
 
+def test_the_8bit_kernel_values_are_stored_transposed_with_each_blocks_keys_in_mma_order():
+    """The fp8 P V MMA reads P straight from the logits' registers, so V^T holds each 64-key block's keys in the
+    order those registers give P's columns; the padding past L is zeros, inside whole blocks."""
+    from kernels.sla_gluon_8bit import MMA_KEY_ORDER, quantize_sla_8bit_reference
+
+    assert sorted(MMA_KEY_ORDER.tolist()) == list(range(64))
+    q, k, v = make_qkv(2, 100, 3, 128, seed=4)
+    *_, vt8, v_scale = quantize_sla_8bit_reference(q, k, v)
+    assert vt8.shape == (2, 3, 128, 128)  # L = 100 padded to two whole blocks
+    slots = (torch.arange(128).view(2, 64)[:, MMA_KEY_ORDER]).reshape(-1)  # the key in each slot
+    restored = torch.zeros(2, 3, 128, 128)
+    restored[..., slots] = vt8.float()
+    assert torch.equal(restored[..., 100:], torch.zeros(2, 3, 128, 28))
+    expected = (v / v_scale[:, None]).permute(0, 2, 3, 1)
+    assert relative_error(restored[..., :100], expected) < 0.04  # e4m3's 3 mantissa bits
+
+
 @pytest.mark.gpu
 @gluon_gpu
 @pytest.mark.parametrize("B, L, H, topk", [(2, 4133, 4, 0.2), (1, 1000, 2, 0.07), (1, 8192, 3, 0.1)],

@@ -70,7 +70,7 @@ def compile_sla8(overrides: dict):
         q = torch.empty(B, L, H, D, dtype=torch.bfloat16)
         i8 = torch.empty(B, L, H, D, dtype=torch.int8)
         f32 = torch.empty(B, H, L, dtype=torch.float32)
-        vt8 = torch.empty(B, H, D, -(-L // 16) * 16, dtype=torch.float8_e4m3fn)
+        vt8 = torch.empty(B, H, D, -(-L // 64) * 64, dtype=torch.float8_e4m3fn)
         quantized = (i8, f32, i8, f32, vt8, f32)
         kept = torch.empty(B, H, 256, 51, dtype=torch.int32)
         _, args, consts = sla_gluon_8bit.kernel_arguments(

@@ -1,6 +1,6 @@
 """The 8-bit SLA kernel (int8 QK^T, fp8 P V: kernels/sla_gluon_8bit.py) against the bf16 Gluon kernel, one run.
 
-    python bench/experiments/sla_8bit_ab.py [--shape 1,32760,12,128] [--rounds 5]
+    python bench/experiments/sla_8bit_ab.py [--shape 1,32760,12,128] [--rounds 5] [--variants JSON]
 
 Prints the relative errors against the float32 reference (and the int8-QK^T reference, whose only approximation is
 the quantized logits) on ragged small shapes and the timed shape, repeat bits, then interleaved medians of the
@@ -8,6 +8,8 @@ kernels alone (quantization outside the timing: it runs in torch here) and dense
 kernel is timed as one launch (no wave-tail split, like the 8-bit one) and as its default.
 """
 import argparse
+import functools
+import json
 import sys
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from ab_attention import time_interleaved
 from bench_attention import make_inputs
 
 from kernels import sla
-from kernels.sla_gluon_8bit import quantize_sla_8bit_reference, sla_sparse_attention_8bit
+from kernels.sla_gluon_8bit import SLA_8BIT, quantize_sla_8bit_reference, sla_sparse_attention_8bit
 
 
 def rel(a, b):
@@ -44,6 +46,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default="1,32760,12,128")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--variants", default='{"default": {}}',
+                    help='JSON {name: SLA_8BIT overrides} of 8-bit settings to time, e.g. {"narrow": {"wide_qk": false}}')
     args = ap.parse_args()
     print(torch.cuda.get_device_name())
     for shape, topk in (((2, 4133, 4, 128), 0.2), ((1, 1000, 2, 128), 0.07), ((1, 8192, 3, 128), 0.1)):
@@ -63,9 +67,21 @@ def main():
     torch.cuda.synchronize()
     print(f"quantization in torch (reference code, not a kernel): {t0.elapsed_time(t1) / 5:.3f} ms")
     fns = {"bf16 one launch": lambda: sla.sla_sparse_attention(q, k, v, *plan, kernel="gluon", wave_slots=0),
-           "bf16 default": lambda: sla.sla_sparse_attention(q, k, v, *plan, kernel="gluon"),
-           "8-bit one launch": lambda: sla_sparse_attention_8bit(q, quantized, *plan)}
+           "bf16 default": lambda: sla.sla_sparse_attention(q, k, v, *plan, kernel="gluon")}
+    for name, overrides in json.loads(args.variants).items():
+        fns[f"8-bit {name}"] = functools.partial(run_with, overrides, q, quantized, plan)
     time_interleaved(fns, q, k, v, args.rounds)
+
+
+def run_with(overrides, q, quantized, plan):
+    """The 8-bit kernel with SLA_8BIT overridden for this call (each setting compiles its own kernel)."""
+    saved = dict(SLA_8BIT)
+    SLA_8BIT.update(overrides)
+    try:
+        return sla_sparse_attention_8bit(q, quantized, *plan)
+    finally:
+        SLA_8BIT.clear()
+        SLA_8BIT.update(saved)
 
 
 if __name__ == "__main__":
