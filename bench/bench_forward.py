@@ -12,13 +12,16 @@ are the eager forward's; `+unfused` turns off the GEMM epilogue fusion (residual
 kernels/fp8_gemm.py, on by default on Hopper): cuBLAS GEMMs, then the elementwise kernels; `+gluon` / `+triton`
 run every fused GEMM through the ping-pong Gluon kernel (kernels/gemm_gluon.py) / the Triton kernel; `+plainattn`
 runs the Gluon SLA kernel without its intra-warpgroup overlap, kernels/sla_gluon.py; `+nosplit` turns off the
-wave-tail split, `sla.TAIL_SPLIT`, which only the Triton SLA kernel uses by default)
+wave-tail split, `sla.TAIL_SPLIT`, which only the Triton SLA kernel uses by default; `+intcast` makes the norm and
+quantization kernels round with integer ops and clamp before the e4m3 cast instead of the hardware casts, the same
+bits: compare the printed output hashes)
     python bench/bench_forward.py --model 14b --res 720p --variants fp8+sla --no-diffusers
 """
 from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import json
 import os
 import sys
@@ -33,7 +36,7 @@ from turbo_batch.models.dit import DiTConfig  # noqa: E402
 from turbo_batch.models.dit_checkpoints import random_dit  # noqa: E402
 from turbo_batch.models.cuda_graph import GraphedForward  # noqa: E402
 from turbo_batch.models.quantize import DEFAULT_KEEP_BF16, quantize_linears_  # noqa: E402
-from kernels import sla, sla_gluon  # noqa: E402
+from kernels import fp8_linear, norms, sla, sla_gluon  # noqa: E402
 from kernels.fp8_gemm import GLUON_DEFAULT, set_gluon_gemms  # noqa: E402
 
 MODELS = {"1.3b": dict(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
@@ -148,8 +151,10 @@ def main():
             set_gluon_gemms("+gluon" in name)
         sla_gluon.GLUON_ATTENTION["overlap"] = "+plainattn" not in name
         sla.TAIL_SPLIT["wave_slots"] = 0 if "+nosplit" in name else default_wave_slots
+        norms.HW_ROUNDING = fp8_linear.HW_FP8_CVT = "+intcast" not in name
         backend, keep = VARIANTS[name.replace("+graph", "").replace("+unfused", "").replace("+gluon", "")
-                                 .replace("+triton", "").replace("+plainattn", "").replace("+nosplit", "")]
+                                 .replace("+triton", "").replace("+plainattn", "").replace("+nosplit", "")
+                                 .replace("+intcast", "")]
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         model = random_dit(cfg, 0, device=dev, dtype=torch.bfloat16, on_device=True).eval().requires_grad_(False)
@@ -176,10 +181,11 @@ def main():
             err = ((out.float() - ref).norm() / ref.norm()).item() if ref is not None else None
             again = fn()
             same_bits = torch.equal(out, again)
+            digest = hashlib.sha256(out.view(torch.uint8).cpu().numpy().tobytes()).hexdigest()[:16]
             ms = timed(fn, iters=iters)
             parts = breakdown(fn)
         results.append({"variant": f"ours {name}", "ms": ms, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
-                        "weights_gib": weights_gib, "rel_err": err, "same_bits_twice": same_bits,
+                        "weights_gib": weights_gib, "rel_err": err, "same_bits_twice": same_bits, "sha256": digest,
                         "graph_bits_equal_eager": eager_vs_graph,
                         "finite": bool(torch.isfinite(out).all()), **{k: parts[k] for k in ("linear", "attention", "other")},
                         "top": parts["top"]})
@@ -201,6 +207,7 @@ def main():
           " speedup vs the first row)")
     for r in results:
         if "top" in r:
+            print(f"{r['variant']}: output sha256 {r['sha256']}")
             if r.get("graph_bits_equal_eager") is not None:
                 print(f"{r['variant']}: graph replay bits equal the eager forward's: {r['graph_bits_equal_eager']}")
             print(f"top kernels {r['variant']} (ms in one forward, launches):")

@@ -1,7 +1,8 @@
 """GPU timing of the fused DiT elementwise kernels (kernels/norms.py) against torch eager and the kernels they replaced.
 
 For each op at the Wan 1.3B shape [1, 32760, 1536] bf16 (480p, 81 frames; `--shapes 1.3b,14b` adds the 14B 720p
-shape [1, 75600, 5120]): the CUDA-event median (bench/_timing.py) in ms, the achieved bandwidth over the op's ideal
+shape [1, 75600, 5120]): the median GPU time of one call in ms (10 calls captured in a CUDA graph and replayed:
+`_timing.graph_median_ms`, so the host's launch cost is not timed), the achieved bandwidth over the op's ideal
 traffic (one read of each input, one write of the output: the same byte count for every implementation, so GB/s
 compare directly with an H200's ~4.8 TB/s), and the speedup over torch eager measured in the same run. Rows:
   torch     the op's torch reference (`*_ref`), eager
@@ -30,7 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from _timing import cuda_median_ms
+from _timing import graph_median_ms
 
 from kernels import fp8_linear as F8
 from kernels import norms as N
@@ -72,8 +73,7 @@ class Bench:
         return True
 
     def time(self, fn) -> float:
-        fn()  # compile outside the timed calls
-        return cuda_median_ms(fn, warmup=10, iters=self.iters, reset_peak=False)[0]
+        return graph_median_ms(fn, calls=10, reps=max(3, self.iters // 10))
 
     def row(self, op: str, impl: str, fn, nbytes: int, note: str = "") -> float:
         ms = self.time(fn)
@@ -220,7 +220,7 @@ def per_forward(bench: Bench) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="1.3b", help="comma-separated: 1.3b, 14b")
-    ap.add_argument("--iters", type=int, default=100, help="timed calls per row (the median is reported)")
+    ap.add_argument("--iters", type=int, default=100, help="timed calls per row: iters / 10 replays of a graph of 10 calls (the median is reported)")
     ap.add_argument("--no-sweep", action="store_true", help="skip the alternative tilings")
     ap.add_argument("--baseline-rev", default=BASELINE_REV, help="git revision of the 'old' kernels")
     ap.add_argument("--budget-s", type=float, default=90.0, help="skip optional sections after this many seconds")

@@ -217,7 +217,10 @@ if triton is not None:
 
     @triton.jit
     def _fp8_codes(v, inv, out_ty, HW_CVT: tl.constexpr):
-        """[ROWS, W] fp32 rows times their reciprocal scales [ROWS], clamped to +-448, as e4m3fn codes."""
+        """[ROWS, W] fp32 rows times their reciprocal scales [ROWS], clamped to +-448, as e4m3fn codes. The
+        hardware cast saturates by itself (`cvt.rn.satfinite.e4m3x2.f32`), so only the integer path clamps."""
+        if HW_CVT:
+            return (v * inv[:, None]).to(out_ty)
         return _to_fp8(tl.minimum(tl.maximum(v * inv[:, None], -_FP8_MAX), _FP8_MAX), out_ty, HW_CVT)
 
     @triton.jit

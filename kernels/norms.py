@@ -117,6 +117,7 @@ def _launch(config: dict | None, C: int, stored: torch.dtype) -> tuple[dict, dic
     return cfg, {"num_warps": num_warps, "enable_fp_fusion": False}
 
 
+HW_ROUNDING = True  # on a GPU, round to bf16 with the hardware cast (the integer path gives the same bits)
 _TL_DTYPE = {}
 if triton is not None:
     _TL_DTYPE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
@@ -125,12 +126,16 @@ if triton is not None:
 if triton is not None:
 
     @triton.jit
-    def _round_fp32(v, DTYPE: tl.constexpr):
+    def _round_fp32(v, DTYPE: tl.constexpr, HW: tl.constexpr):
         """Round fp32 v to DTYPE's grid (ties to even) and return it as fp32, so casting it afterwards is exact.
 
-        bf16 is rounded by integer ops: identical to the GPU's `cvt.rn.bf16.f32`, and also correct under
-        TRITON_INTERPRET=1, whose fp32->bf16 cast truncates. fp16 uses the plain cast (exact on GPU only).
+        HW (on a GPU): the hardware cast there and back (`cvt.rn.bf16x2.f32`, two values an instruction). Else bf16
+        is rounded by integer ops, the same bits for every finite value, and also correct under TRITON_INTERPRET=1,
+        whose fp32->bf16 cast truncates; these norms are issue-bound at the DiT's shapes, so the 4-5 integer ops a
+        value cost time (`bench/bench_norms.py`). fp16 uses the plain cast (exact on GPU only).
         """
+        if HW and DTYPE != tl.float32:
+            return v.to(DTYPE).to(tl.float32)
         if DTYPE == tl.bfloat16:
             bits = v.to(tl.uint32, bitcast=True)
             bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
@@ -214,6 +219,7 @@ if triton is not None:
         x_ptr, shift_ptr, scale_ptr, out_ptr, qscale_ptr, L, C, eps,
         ROWS: tl.constexpr, SEG: tl.constexpr, NSEG: tl.constexpr, NORM_DTYPE: tl.constexpr,
         OUT_DTYPE: tl.constexpr, ONE_PLUS: tl.constexpr, FP8: tl.constexpr, HW_CVT: tl.constexpr,
+        HW_ROUND: tl.constexpr, EVEN_C: tl.constexpr,
     ):
         """ROWS token rows of one batch element per program, each row in registers (two-pass mean/variance).
         ONE_PLUS: AdaLN modulation n * (1 + scale) + shift; else an affine LayerNorm n * weight + bias.
@@ -227,24 +233,27 @@ if triton is not None:
         mean = total / C
         ds = ()
         for i in tl.static_range(NSEG):
-            _, _, _, mask = _segment(i, r, rmask, C, SEG)
-            ds = ds + (tl.where(mask, xs[i] - mean[:, None], 0.0),)
+            _, cmask, _, _ = _segment(i, r, rmask, C, SEG)
+            if EVEN_C:  # every column real; a row past L is all zeros with mean 0 already
+                ds = ds + (xs[i] - mean[:, None],)
+            else:
+                ds = ds + (tl.where(cmask[None, :], xs[i] - mean[:, None], 0.0),)
         var = _row_sum(ds, NSEG, True) / C
         rstd = tl.math.div_rn(tl.full([ROWS], 1.0, tl.float32), tl.math.sqrt_rn(var + eps))
         ys = ()
         for i in tl.static_range(NSEG):
             cols, cmask, offs, mask = _segment(i, r, rmask, C, SEG)
-            n = _round_fp32(ds[i] * rstd[:, None], NORM_DTYPE)
+            n = _round_fp32(ds[i] * rstd[:, None], NORM_DTYPE, HW_ROUND)
             sc = _load_row_vector(scale_ptr + vec, cols, cmask, r)
             sh = _load_row_vector(shift_ptr + vec, cols, cmask, r)
             if ONE_PLUS:
                 y = n * (1.0 + sc) + sh
             else:
                 y = n * sc + sh
-            y = _round_fp32(y, OUT_DTYPE)
+            y = _round_fp32(y, OUT_DTYPE, HW_ROUND)
             if FP8:
                 ys = ys + (y,)
-                a = tl.abs(tl.where(mask, y, 0.0))
+                a = tl.abs(y)  # 0 in the columns past C (d, scale and shift are 0 there); rows past L not stored
                 if i == 0:
                     amax = a
                 else:
@@ -268,7 +277,8 @@ def _layernorm_launch(x, shift_or_bias, scale_or_weight, out, qscale, eps, *, no
     _layernorm_modulate_kernel[(triton.cdiv(L, consts["ROWS"]), B)](
         x, shift_or_bias, scale_or_weight, out, qscale if quantize else out, L, C, eps,
         **consts, NORM_DTYPE=_TL_DTYPE[norm_dtype], OUT_DTYPE=_TL_DTYPE[x.dtype if quantize else out.dtype],
-        ONE_PLUS=one_plus, FP8=quantize, HW_CVT=hw_cvt, **opts,
+        ONE_PLUS=one_plus, FP8=quantize, HW_CVT=hw_cvt, HW_ROUND=HW_ROUNDING and x.is_cuda,
+        EVEN_C=consts["NSEG"] * consts["SEG"] == C, **opts,
     )
 
 
@@ -428,6 +438,7 @@ if triton is not None:
     def _gated_residual_kernel(
         x_ptr, y_ptr, g_ptr, out_ptr, L, C,
         ROWS: tl.constexpr, SEG: tl.constexpr, NSEG: tl.constexpr, PROD_DTYPE: tl.constexpr, OUT_DTYPE: tl.constexpr,
+        HW_ROUND: tl.constexpr,
     ):
         """ROWS rows of one batch element per program, segment by segment, the gate indexed by column (the flat
         tiling this replaced found each element's gate with int64 divisions, ahead of its loads)."""
@@ -439,8 +450,9 @@ if triton is not None:
             x = tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
             y = tl.load(y_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
             g = _load_row_vector(g_ptr + vec, cols, cmask, r)
-            p = _round_fp32(y * g, PROD_DTYPE)
-            tl.store(out_ptr + base + offs, _round_fp32(x + p, OUT_DTYPE).to(out_ptr.dtype.element_ty), mask=mask)
+            p = _round_fp32(y * g, PROD_DTYPE, HW_ROUND)
+            out = _round_fp32(x + p, OUT_DTYPE, HW_ROUND)
+            tl.store(out_ptr + base + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def gated_residual_triton(
@@ -463,7 +475,8 @@ def gated_residual_triton(
         return out
     consts, opts = _launch(config, C, out.dtype)  # the norms' tiling: 12+ independent 16-byte loads per thread
     _gated_residual_kernel[(triton.cdiv(L, consts["ROWS"]), B)](
-        x, y, g, out, L, C, **consts, PROD_DTYPE=_TL_DTYPE[prod_dtype], OUT_DTYPE=_TL_DTYPE[out_dtype], **opts,
+        x, y, g, out, L, C, **consts, PROD_DTYPE=_TL_DTYPE[prod_dtype], OUT_DTYPE=_TL_DTYPE[out_dtype],
+        HW_ROUND=HW_ROUNDING and x.is_cuda, **opts,
     )
     return out
 
@@ -554,6 +567,7 @@ if triton is not None:
         x_ptr, w_ptr, cos_ptr, sin_ptr, out_ptr, L, HD, eps,
         ROWS: tl.constexpr, SEG: tl.constexpr, NSEG: tl.constexpr, HALF_D: tl.constexpr,
         NORM_DTYPE: tl.constexpr, WPROD_DTYPE: tl.constexpr, OUT_DTYPE: tl.constexpr, ROPE: tl.constexpr,
+        HW_ROUND: tl.constexpr,
     ):
         """ROWS token rows per program: sum of squares, normalize, weight, rotate pairs (if ROPE), store [H, D].
         When a segment holds whole heads (SEG/2 a multiple of HALF_D), every segment uses the same cos/sin columns:
@@ -568,14 +582,14 @@ if triton is not None:
             c, s = _rope_tables(cos_ptr, sin_ptr, pos, rmask, HD // 2, 0, SEG, HALF_D)
         for i in tl.static_range(NSEG):
             cols, cmask, offs, mask = _segment(i, r, rmask, HD, SEG)
-            n = _round_fp32(xs[i] * rr[:, None], NORM_DTYPE)
+            n = _round_fp32(xs[i] * rr[:, None], NORM_DTYPE, HW_ROUND)
             w = _load_row_vector(w_ptr, cols, cmask, r)
-            n = _round_fp32(n * w, WPROD_DTYPE)
+            n = _round_fp32(n * w, WPROD_DTYPE, HW_ROUND)
             if ROPE:
                 if not SHARED_TABLES:
                     c, s = _rope_tables(cos_ptr, sin_ptr, pos, rmask, HD // 2, i, SEG, HALF_D)
                 n = _rope_rotate(n, c, s, ROWS, SEG)
-            tl.store(out_ptr + offs, _round_fp32(n, OUT_DTYPE).to(out_ptr.dtype.element_ty), mask=mask)
+            tl.store(out_ptr + offs, _round_fp32(n, OUT_DTYPE, HW_ROUND).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def _rmsnorm_dtypes(x: torch.Tensor, weight: torch.Tensor, weight_in_fp32: bool) -> tuple[torch.dtype, torch.dtype]:
@@ -592,7 +606,7 @@ def _rmsnorm_launch(x, weight, cos, sin, out, eps, half_d, rope, weight_in_fp32,
     _rmsnorm_rope_kernel[(triton.cdiv(L, consts["ROWS"]), B)](
         x, weight.contiguous(), cos, sin, out, L, C, eps, **consts, HALF_D=half_d,
         NORM_DTYPE=_TL_DTYPE[norm_dtype], WPROD_DTYPE=_TL_DTYPE[wprod_dtype], OUT_DTYPE=_TL_DTYPE[out.dtype],
-        ROPE=rope, **opts,
+        ROPE=rope, HW_ROUND=HW_ROUNDING and x.is_cuda, **opts,
     )
 
 

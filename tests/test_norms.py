@@ -431,6 +431,34 @@ def test_fused_layernorm_fp8_on_cuda_is_bitwise_the_modulate_then_quantize_kerne
 
 @pytest.mark.gpu
 @cuda
+@pytest.mark.parametrize("B,L,C,H", [*DIT_SHAPES, (1, 300, 1000, 10)])  # the last: rows end inside a segment
+def test_on_cuda_the_hardware_casts_give_the_integer_roundings_bits(B, L, C, H, monkeypatch):
+    """The kernels round to bf16 with the hardware cast and let the e4m3 cast saturate by itself (fewer
+    instructions: these norms are issue-bound); the interpreter-safe integer rounding and explicit clamp must
+    give the very same bits."""
+    import kernels.fp8_linear as fp8
+    import kernels.norms as norms
+
+    x, y, shift, scale, gate, weight = make_inputs(B, L, C, H, torch.bfloat16, device="cuda")
+    x, shift = with_degenerate_rows(x, shift)
+    cos, sin = rope_cos_sin(1, 1, L, C // H, device="cuda")
+    bias = shift[0].flatten()
+    ops = [lambda: layernorm_modulate(x, shift, scale), lambda: layernorm_affine(x, weight, bias),
+           lambda: rmsnorm_rope(x, weight, cos, sin, H), lambda: rmsnorm(x, weight),
+           lambda: gated_residual(x, y, gate.bfloat16())]
+    if torch.cuda.get_device_capability() >= (8, 9):
+        ops += [lambda: layernorm_modulate_fp8(x, shift, scale), lambda: layernorm_affine_fp8(x, weight, bias),
+                lambda: quantize_per_token_fp8(x.reshape(-1, C))]
+    hardware = [op() for op in ops]
+    monkeypatch.setattr(norms, "HW_ROUNDING", False)
+    monkeypatch.setattr(fp8, "HW_FP8_CVT", False)
+    for op, want in zip(ops, hardware):
+        got = op()
+        assert same_fp8(got, want) if isinstance(got, tuple) else torch.equal(got, want)
+
+
+@pytest.mark.gpu
+@cuda
 def test_on_cuda_a_rows_bits_do_not_depend_on_the_rows_sharing_its_program():
     B, L, C, H = DIT_SHAPES[0]
     x, _, shift, scale, _, weight = make_inputs(B, L, C, H, torch.bfloat16, device="cuda")
