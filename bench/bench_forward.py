@@ -12,9 +12,9 @@ are the eager forward's; `+unfused` turns off the GEMM epilogue fusion (residual
 kernels/fp8_gemm.py, on by default on Hopper): cuBLAS GEMMs, then the elementwise kernels; `+gluon` / `+triton`
 run every fused GEMM through the ping-pong Gluon kernel (kernels/gemm_gluon.py) / the Triton kernel; `+plainattn`
 runs the Gluon SLA kernel without its intra-warpgroup overlap, kernels/sla_gluon.py; `+nosplit` turns off the
-wave-tail split, `sla.TAIL_SPLIT`, which only the Triton SLA kernel uses by default; `+intcast` makes the norm and
-quantization kernels round with integer ops and clamp before the e4m3 cast instead of the hardware casts, the same
-bits: compare the printed output hashes)
+wave-tail split, `sla.TAIL_SPLIT`, which only the Triton SLA kernel uses by default; `+intcast` runs the Triton norm and
+quantization kernels as before session 15: bf16 rounding by integer ops, a clamp before the hardware e4m3 cast
+(the same bits as the hardware casts: compare the printed output hashes))
     python bench/bench_forward.py --model 14b --res 720p --variants fp8+sla --no-diffusers
 """
 from __future__ import annotations
@@ -151,7 +151,7 @@ def main():
             set_gluon_gemms("+gluon" in name)
         sla_gluon.GLUON_ATTENTION["overlap"] = "+plainattn" not in name
         sla.TAIL_SPLIT["wave_slots"] = 0 if "+nosplit" in name else default_wave_slots
-        norms.HW_ROUNDING = fp8_linear.HW_FP8_CVT = "+intcast" not in name
+        norms.HW_ROUNDING = fp8_linear.SATURATING_CAST = "+intcast" not in name
         backend, keep = VARIANTS[name.replace("+graph", "").replace("+unfused", "").replace("+gluon", "")
                                  .replace("+triton", "").replace("+plainattn", "").replace("+nosplit", "")
                                  .replace("+intcast", "")]

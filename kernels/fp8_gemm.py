@@ -33,6 +33,7 @@ import torch
 from kernels.fp8_linear import (
     FP8_DTYPE,
     _interpreting,
+    fp8_cast_mode,
     gelu_tanh_ref,
 )
 
@@ -67,7 +68,7 @@ def residual_ref(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, to
 
 # ------------------------------------------------------------------------------------------ kernel
 if triton is not None:
-    from kernels.fp8_linear import _gelu_tanh, _to_fp8
+    from kernels.fp8_linear import _fp8_codes, _gelu_tanh
     from kernels.tiles import grouped_tile
 
     @triton.jit
@@ -123,8 +124,7 @@ if triton is not None:
                 h = _gelu_tanh(y.to(tl.float32), tl.bfloat16, HW_CVT)
                 inv = tl.math.div_rn(tl.full([BLOCK_M], 1.0, tl.float32),
                                      tl.load(qs_ptr + rows, mask=rmask, other=1.0))
-                out_desc.store([off_m, off_n], _to_fp8(tl.minimum(tl.maximum(h * inv[:, None], -448.0), 448.0),
-                                                        tl.float8e4nv, HW_CVT))
+                out_desc.store([off_m, off_n], _fp8_codes(h, inv, tl.float8e4nv, HW_CVT))
             else:
                 x = res_desc.load([off_m, off_n]).to(tl.float32)
                 if HAS_GATE:
@@ -243,7 +243,7 @@ def _launch(a, a_scale, w, w_scale, bias, epilogue, *, a_mode, out, res=None, ga
         bias if bias is not None else dummy, gate if gate is not None else dummy, qs if qs is not None else dummy,
         M, N, K, L,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg.pop("GROUP_M"), NUM_SMS=grid[0], A_SCALE=a_mode,
-        HAS_BIAS=bias is not None, EPILOGUE=epilogue, HAS_GATE=gate is not None, HW_CVT=a.is_cuda,
+        HAS_BIAS=bias is not None, EPILOGUE=epilogue, HAS_GATE=gate is not None, HW_CVT=fp8_cast_mode(a, True),
         FLATTEN=cfg.pop("FLATTEN"), WARP_SPECIALIZE=cfg.pop("WARP_SPECIALIZE", False), enable_fp_fusion=True, **cfg,
     )
 

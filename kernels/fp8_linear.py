@@ -217,9 +217,10 @@ if triton is not None:
 
     @triton.jit
     def _fp8_codes(v, inv, out_ty, HW_CVT: tl.constexpr):
-        """[ROWS, W] fp32 rows times their reciprocal scales [ROWS], clamped to +-448, as e4m3fn codes. The
-        hardware cast saturates by itself (`cvt.rn.satfinite.e4m3x2.f32`), so only the integer path clamps."""
-        if HW_CVT:
+        """[ROWS, W] fp32 rows times their reciprocal scales [ROWS], clamped to +-448, as e4m3fn codes. HW_CVT is a
+        `fp8_cast_mode`: 2 lets the hardware cast saturate by itself (`cvt.rn.satfinite.e4m3x2.f32`, the same bits
+        as clamping first, two instructions a value fewer)."""
+        if HW_CVT == 2:
             return (v * inv[:, None]).to(out_ty)
         return _to_fp8(tl.minimum(tl.maximum(v * inv[:, None], -_FP8_MAX), _FP8_MAX), out_ty, HW_CVT)
 
@@ -311,6 +312,15 @@ def row_segments(K: int) -> tuple[int, int, int]:
 # On the GPU, round with the hardware cvt (fp32 -> e4m3fn / bf16, round to nearest even): the same bits as the
 # integer rounding (checked on an H200 by the tests and bench/bench_kernels_quick.py) at fewer instructions.
 HW_FP8_CVT = True
+SATURATING_CAST = True  # the hardware e4m3 cast saturates by itself; False clamps first (benchmarks: the former code)
+
+
+def fp8_cast_mode(x: torch.Tensor, hw_cvt: bool | None = None) -> int:
+    """How kernels cast to e4m3 (their HW_CVT constexpr): 0 integer rounding (CPU, the interpreter), 1 the hardware
+    cast after an explicit clamp to +-448, 2 the hardware cast's own saturation. 1 and 2 give the same bits."""
+    if not ((HW_FP8_CVT if hw_cvt is None else hw_cvt) and x.is_cuda):
+        return 0
+    return 2 if SATURATING_CAST else 1
 # Launch choices measured on an H200 at [32760, 8960] bf16 (bench/bench_kernels_quick.py sweeps the alternatives):
 # plain quant 0.234 ms looped (two passes, the second from L2) over 1024-wide tiles with 8 warps vs 0.26 ms for the
 # best whole-row-in-registers config; GELU+quant 0.34 ms with the whole row in registers and 4 warps vs 0.44 ms
@@ -348,7 +358,7 @@ def _quantize_rows_triton(x: torch.Tensor, gelu: bool, max_tile: int, config: di
         return q, scale
     act = _ACT_DTYPES[x.dtype]
     cfg = config or launch_config(K, max_tile, gelu)
-    hw = (HW_FP8_CVT if hw_cvt is None else hw_cvt) and x.is_cuda
+    hw = fp8_cast_mode(x, hw_cvt)
     fast = dict(num_warps=cfg["num_warps"], enable_fp_fusion=True)  # pinned: a Triton default may flip
     if cfg["looped"]:
         _quantize_rows_looped_kernel[(M,)](

@@ -340,7 +340,7 @@ def _layernorm_fp8_launch(x, shift_or_bias, scale_or_weight, eps, *, norm_dtype,
     xs = torch.empty((B * L,), dtype=torch.float32, device=x.device)
     if x.numel() == 0:
         return xq, xs
-    hw = (fp8.HW_FP8_CVT if hw_cvt is None else hw_cvt) and x.is_cuda
+    hw = fp8.fp8_cast_mode(x, hw_cvt)
     _layernorm_launch(x, shift_or_bias, scale_or_weight, xq, xs, eps, norm_dtype=norm_dtype, one_plus=one_plus,
                       config=config, hw_cvt=hw)
     return xq, xs

@@ -451,10 +451,11 @@ def test_on_cuda_the_hardware_casts_give_the_integer_roundings_bits(B, L, C, H, 
                 lambda: quantize_per_token_fp8(x.reshape(-1, C))]
     hardware = [op() for op in ops]
     monkeypatch.setattr(norms, "HW_ROUNDING", False)
-    monkeypatch.setattr(fp8, "HW_FP8_CVT", False)
-    for op, want in zip(ops, hardware):
-        got = op()
-        assert same_fp8(got, want) if isinstance(got, tuple) else torch.equal(got, want)
+    for flag in ("SATURATING_CAST", "HW_FP8_CVT"):  # then a clamp before the hardware cast, then integer rounding
+        monkeypatch.setattr(fp8, flag, False)
+        for op, want in zip(ops, hardware):
+            got = op()
+            assert same_fp8(got, want) if isinstance(got, tuple) else torch.equal(got, want)
 
 
 @pytest.mark.gpu
