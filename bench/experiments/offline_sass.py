@@ -1,7 +1,9 @@
-"""Compile an SLA Triton kernel for sm_90 on a machine without a GPU and summarise its SASS.
+"""Compile an SLA or norm Triton kernel for sm_90 on a machine without a GPU and summarise its SASS.
 
     python bench/experiments/offline_sass.py attention   # the fused kernel, production launch
     python bench/experiments/offline_sass.py stats       # the statistics pass
+    python bench/experiments/offline_sass.py layernorm-fp8   # the modulated LayerNorm writing fp8 rows (1.3B)
+    python bench/experiments/offline_sass.py layernorm-fp8 --consts '{"HW_ROUND": false, "HW_CVT": 1}'  # former casts
     python bench/experiments/offline_sass.py attention-int8   # the sla_int8 variant (int8 QK^T)
     python bench/experiments/offline_sass.py attention --consts '{"BLOCK_M": 64}' --opts '{"num_warps": 4}'
 
@@ -24,7 +26,9 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from kernels import sla
+import triton.language as tl
+
+from kernels import norms, sla
 
 KERNELS = {  # name: (kernel, constexprs, launch options, pointer dtypes other than bf16)
     "attention": (sla._sla_attention_kernel,
@@ -39,8 +43,20 @@ KERNELS = {  # name: (kernel, constexprs, launch options, pointer dtypes other t
                             PART_O="*fp32", PART_LSE="*fp32")),
     "stats": (sla._sla_stats_kernel, dict(D=128, BLOCK_N=64, RATIO=2, TILE=64, POOL_PRECISION="tf32"),
               dict(num_warps=16, num_stages=3), dict(Q_POOL="*fp32", K_POOL="*fp32", STATS="*fp32")),
+    # the norms at the 1.3B width (C = 1536: 4 rows x 6 segments of 256, 4 warps), as the DiT's forward runs them
+    "layernorm-fp8": (norms._layernorm_modulate_kernel,
+                      dict(ROWS=4, SEG=256, NSEG=6, NORM_DTYPE=tl.bfloat16, OUT_DTYPE=tl.bfloat16, ONE_PLUS=True,
+                           FP8=True, HW_CVT=2, HW_ROUND=True, EVEN_C=True),
+                      dict(num_warps=4, enable_fp_fusion=False),
+                      dict(shift_ptr="*fp32", scale_ptr="*fp32", out_ptr="*fp8e4nv", qscale_ptr="*fp32")),
+    "rmsnorm-rope": (norms._rmsnorm_rope_kernel,
+                     dict(ROWS=4, SEG=256, NSEG=6, HALF_D=64, NORM_DTYPE=tl.float32, WPROD_DTYPE=tl.bfloat16,
+                          OUT_DTYPE=tl.bfloat16, ROPE=True, HW_ROUND=True),
+                     dict(num_warps=4, enable_fp_fusion=False),
+                     dict(w_ptr="*fp32", cos_ptr="*fp32", sin_ptr="*fp32")),
 }
-FLOAT_SCALARS = ("qk_scale", "eps_over_len", "inv_len")
+ROW_LENGTHS = ("C", "HD")  # 16-divisible at the DiT's widths: the JIT specialises them, so the loads vectorise
+FLOAT_SCALARS = ("qk_scale", "eps_over_len", "inv_len", "eps")
 OPCODE = re.compile(r"^\s+/\*([0-9a-f]+)\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_.]+)(.*)$")
 
 
@@ -52,14 +68,15 @@ def compile_sm90(fn, consts, opts, pointer_types):
             sig[name] = "constexpr"
         elif name in pointer_types:
             sig[name] = pointer_types[name]
-        elif name.isupper() and name not in ("L", "H"):
+        elif (name.isupper() or name.endswith("_ptr")) and name not in ("L", "H", *ROW_LENGTHS):
             sig[name] = "*bf16"
         else:
             sig[name] = "fp32" if name in FLOAT_SCALARS else "i32"
-    div16 = [n for n in fn.arg_names if sig[n].startswith("*") or (n.startswith("stride") and n != "stride_ksum")]
+    div16 = [n for n in fn.arg_names
+             if sig[n].startswith("*") or (n.startswith("stride") and n != "stride_ksum") or n in ROW_LENGTHS]
     attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in div16}
     return triton.compile(ASTSource(fn, sig, consts, attrs=attrs), target=GPUTarget("cuda", 90, 128),
-                          options=dict(enable_fp_fusion=True, **opts))
+                          options={"enable_fp_fusion": True, **opts})
 
 
 def cuobjdump(cubin: bytes, flag: str) -> str:
