@@ -129,7 +129,7 @@ if triton is not None:
     def _round_fp32(v, DTYPE: tl.constexpr, HW: tl.constexpr):
         """Round fp32 v to DTYPE's grid (ties to even) and return it as fp32, so casting it afterwards is exact.
 
-        HW (on a GPU): the hardware cast there and back (`cvt.rn.bf16x2.f32`, two values an instruction). Else bf16
+        HW (on a GPU): the hardware cast there and back (`cvt.rn.bf16.f32`, then a shift). Else bf16
         is rounded by integer ops, the same bits for every finite value, and also correct under TRITON_INTERPRET=1,
         whose fp32->bf16 cast truncates; these norms are issue-bound at the DiT's shapes, so the 4-5 integer ops a
         value cost time (`bench/bench_norms.py`). fp16 uses the plain cast (exact on GPU only).
