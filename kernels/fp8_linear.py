@@ -321,6 +321,8 @@ def fp8_cast_mode(x: torch.Tensor, hw_cvt: bool | None = None) -> int:
     if not ((HW_FP8_CVT if hw_cvt is None else hw_cvt) and x.is_cuda):
         return 0
     return 2 if SATURATING_CAST else 1
+
+
 # Launch choices measured on an H200 at [32760, 8960] bf16 (bench/bench_kernels_quick.py sweeps the alternatives):
 # plain quant 0.234 ms looped (two passes, the second from L2) over 1024-wide tiles with 8 warps vs 0.26 ms for the
 # best whole-row-in-registers config; GELU+quant 0.34 ms with the whole row in registers and 4 warps vs 0.44 ms
