@@ -33,6 +33,7 @@ import torch
 from kernels.fp8_linear import (
     FP8_DTYPE,
     _interpreting,
+    _use_triton,
     fp8_cast_mode,
     gelu_tanh_ref,
 )
@@ -70,6 +71,15 @@ def residual_ref(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, to
 if triton is not None:
     from kernels.fp8_linear import _fp8_codes, _gelu_tanh
     from kernels.tiles import grouped_tile
+
+    @triton.jit
+    def _hidden_scales_kernel(xs_ptr, w_ptr, b_ptr, out_ptr, M, BLOCK: tl.constexpr, PAD: tl.constexpr):
+        """`ffn_hidden_scales`' torch expression, (xs * (448 w) + b) * PAD, rounded per operation (no FMA)."""
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < M
+        w448 = tl.load(w_ptr) * 448.0
+        v = tl.load(xs_ptr + offs, mask=mask, other=0.0) * w448 + tl.load(b_ptr)
+        tl.store(out_ptr + offs, v * PAD, mask=mask)
 
     @triton.jit
     def _bf16(v, HW_CVT: tl.constexpr):
@@ -258,6 +268,9 @@ def _scale_mode(a: torch.Tensor, a_scale: torch.Tensor | None) -> int:
     return ROWWISE
 
 
+_HIDDEN_PAD = (1.0 + 2.0**-6) / 448.0
+
+
 def ffn_hidden_scales(xs: torch.Tensor, w_l1_max: torch.Tensor | float, b_abs_max: torch.Tensor | float) -> torch.Tensor:
     """Per-token fp8 scales for GELU(x W^T + b) known before the GEMM: a bound on each row's amax over 448.
 
@@ -266,8 +279,24 @@ def ffn_hidden_scales(xs: torch.Tensor, w_l1_max: torch.Tensor | float, b_abs_ma
     The bound overshoots the true amax (~40x on Gaussian rows), which only moves values e4m3 could not keep anyway
     into subnormals: e4m3's relative step is the same across its normal range (measured through the down
     projection at the Wan shapes: 2.67% relative L2 against 2.66% with the exact amax). In exchange the up projection's epilogue quantizes without
-    seeing the whole row, and the down projection keeps cuBLAS's row-wise GEMM."""
-    return (xs * (448.0 * w_l1_max) + b_abs_max) * ((1.0 + 2.0**-6) / 448.0)
+    seeing the whole row, and the down projection keeps cuBLAS's row-wise GEMM.
+
+    On the GPU one Triton launch computes it (torch's expression takes four per FFN), with the same fp32 roundings
+    in the same order."""
+    if (_use_triton(xs) and xs.dtype == torch.float32 and xs.dim() == 1
+            and all(torch.is_tensor(v) and v.device == xs.device and v.numel() == 1 for v in (w_l1_max, b_abs_max))):
+        out = torch.empty_like(xs)
+        block = 1024
+        _hidden_scales_kernel[(triton.cdiv(xs.numel(), block),)](
+            xs.contiguous(), w_l1_max.float(), b_abs_max.float(), out, xs.numel(), BLOCK=block, PAD=_HIDDEN_PAD,
+            enable_fp_fusion=False)  # three separately rounded fp32 operations, as torch's
+        return out
+    return ffn_hidden_scales_ref(xs, w_l1_max, b_abs_max)
+
+
+def ffn_hidden_scales_ref(xs: torch.Tensor, w_l1_max: torch.Tensor | float, b_abs_max: torch.Tensor | float) -> torch.Tensor:
+    """`ffn_hidden_scales` as torch operations."""
+    return (xs * (448.0 * w_l1_max) + b_abs_max) * _HIDDEN_PAD
 
 
 def weight_row_l1_max(w: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
@@ -307,6 +336,6 @@ def matmul_residual_triton(a, a_scale, w, w_scale, bias, residual, gate=None, to
 
 
 __all__ = [
-    "ffn_hidden_scales", "fp8_matmul_gelu_quant_rows_triton", "gemm_config", "matmul_residual_triton", "matmul_triton",
+    "ffn_hidden_scales", "ffn_hidden_scales_ref", "fp8_matmul_gelu_quant_rows_triton", "gemm_config", "matmul_residual_triton", "matmul_triton",
     "quantize_gelu_rows_fp8_ref", "residual_ref", "use_triton_gemm", "weight_row_l1_max",
 ]

@@ -270,7 +270,8 @@ if triton is not None:
 
 def _layernorm_launch(x, shift_or_bias, scale_or_weight, out, qscale, eps, *, norm_dtype, one_plus, config,
                       hw_cvt=False):
-    """Launch `_layernorm_modulate_kernel` over x [B, L, C] (contiguous; the vectors [B, C] fp32)."""
+    """Launch `_layernorm_modulate_kernel` over x [B, L, C] (contiguous; the vectors [B, C], fp32 or the
+    model dtype: the kernel widens them)."""
     B, L, C = x.shape
     quantize = qscale is not None
     consts, opts = _launch(config, C, x.dtype if quantize else out.dtype)  # fp8: the plain kernel's layout
@@ -370,8 +371,8 @@ def layernorm_affine_triton(
     the normalized value before the affine (F.layer_norm rounds once, at the end)."""
     B, _, C = x.shape
     x = x.contiguous()
-    w = _per_batch_vector(weight.float(), B, C, "weight")
-    b = _per_batch_vector(bias.float(), B, C, "bias")
+    w = _per_batch_vector(weight, B, C, "weight")  # any float dtype: the kernel widens it to fp32 (exact)
+    b = _per_batch_vector(bias, B, C, "bias")
     out = torch.empty_like(x)
     if x.numel() == 0:
         return out
@@ -403,8 +404,8 @@ def layernorm_affine_fp8_triton(
     projection): one read of x, 1-byte rows + scales out. Same kernel and launch as `layernorm_affine_triton`, so
     bit for bit the composition of the two kernels."""
     B, _, C = x.shape
-    w = _per_batch_vector(weight.float(), B, C, "weight")
-    b = _per_batch_vector(bias.float(), B, C, "bias")
+    w = _per_batch_vector(weight, B, C, "weight")  # widened to fp32 in the kernel: no conversion launch per call
+    b = _per_batch_vector(bias, B, C, "bias")
     return _layernorm_fp8_launch(x, b, w, eps, norm_dtype=torch.float32, one_plus=False, config=config, hw_cvt=hw_cvt)
 
 

@@ -185,6 +185,21 @@ def test_a_fused_block_leaves_the_callers_stream_untouched():
     assert rel_l2(out, want) < 1e-3
 
 
+def test_the_stacked_modulation_terms_are_each_blocks_own_modulation_plus_e6():
+    """`modulation_terms` computes every block's AdaLN terms in three launches: the values `Block.forward` computes,
+    shifts and scales in fp32, gates in the activation dtype, for every batch row."""
+    m = random_dit(tiny_config(), seed=2, dtype=torch.bfloat16)
+    for block in m.blocks:
+        block.modulation.data.normal_()
+    e6 = torch.randn(2, 6, m.cfg.dim)
+    terms = dit.modulation_terms(m.blocks, e6, torch.bfloat16)
+    assert len(terms) == len(m.blocks)
+    for block, got in zip(m.blocks, terms):
+        chunks = (block.modulation.float() + e6).unbind(1)
+        want = (*chunks[:2], chunks[2].bfloat16(), *chunks[3:5], chunks[5].bfloat16())
+        assert all(torch.equal(g, w) and g.dtype == w.dtype for g, w in zip(got, want))
+
+
 def test_rope_cos_sin_is_cached_per_grid_and_equals_the_complex_table():
     m = random_dit(tiny_config(), seed=1)
     cos, sin = m.rope_cos_sin((2, 3, 4), "cpu")

@@ -11,6 +11,7 @@ import torch
 from _helpers import run_interpreted
 from kernels.fp8_gemm import (
     ffn_hidden_scales,
+    ffn_hidden_scales_ref,
     quantize_gelu_rows_fp8_ref,
     residual_ref,
     weight_row_l1_max,
@@ -108,6 +109,10 @@ INTERPRET_SCRIPT = textwrap.dedent(
                                                                                        config=wide))
     g = gelu_tanh_ref(fp8_matmul_emulated(xq, xs, wq, ws, b)).float()
     out["row_bound_holds"] = bool((g.abs().amax(1) <= 448 * hsr).all())
+    wide_xs = torch.cat([xs, torch.rand(3000) * 2.0**torch.randint(-30, 10, (3000,)).float()])
+    scalars = (torch.tensor(37.123456), torch.tensor(0.0312345))
+    out["hidden_scales_kernel_is_torchs_expression"] = same(ffn_hidden_scales(wide_xs, *scalars),
+                                                            ffn_hidden_scales_ref(wide_xs, *scalars))
     w2q, w2s = quantize_weight_fp8(torch.randn(N2, N) * 0.06)
     b2 = (torch.randn(N2) * 0.1).bfloat16()
     y2 = matmul_triton(hq, hsr, w2q, w2s, b2, config=small)
@@ -130,7 +135,7 @@ INTERPRET_SCRIPT = textwrap.dedent(
     """
 )
 CASES = ["rowwise_store", "store_config_independent", "rows_independent", "gelu_quant_rows_of_its_gemm",
-         "gelu_quant_config_independent", "row_bound_holds", "store_of_the_hidden", "gated_residual_of_its_gemm", "in_place_is_out_of_place",
+         "gelu_quant_config_independent", "row_bound_holds", "hidden_scales_kernel_is_torchs_expression", "store_of_the_hidden", "gated_residual_of_its_gemm", "in_place_is_out_of_place",
          "plain_residual", "bf16_store", "bf16_gated_residual"]
 
 
@@ -147,6 +152,17 @@ def test_the_triton_gemms_in_interpreter_mode_meet_their_references(interpreted,
 
 
 # ============================================================================================ GPU
+@pytest.mark.gpu
+@cuda
+def test_on_cuda_the_hidden_scales_kernel_gives_torchs_bits():
+    """One launch instead of torch's four per FFN, with each fp32 operation rounded as torch rounds it (no FMA)."""
+    g = torch.Generator().manual_seed(3)
+    xs = (torch.rand(32760, generator=g) * 2.0 ** torch.randint(-30, 10, (32760,), generator=g).float()).cuda()
+    for w, b in [(37.123456, 0.0312345), (1.5e3, 0.0), (0.7, 11.0)]:
+        w, b = torch.tensor(w).cuda(), torch.tensor(b).cuda()
+        assert torch.equal(bits(ffn_hidden_scales(xs, w, b)), bits(ffn_hidden_scales_ref(xs, w, b)))
+
+
 @pytest.mark.gpu
 @cuda
 @pytest.mark.parametrize("m,d,h", [(32760, 1536, 8960), (3000, 5120, 13824)])

@@ -383,6 +383,25 @@ class FeedForward(nn.Sequential):
         return residual
 
 
+class ModulationTerms(NamedTuple):
+    """One block's AdaLN terms for the fused path: shifts and scales fp32 [B, dim], gates in the activation dtype."""
+    shift_sa: torch.Tensor
+    scale_sa: torch.Tensor
+    gate_sa: torch.Tensor
+    shift_ff: torch.Tensor
+    scale_ff: torch.Tensor
+    gate_ff: torch.Tensor
+
+
+def modulation_terms(blocks, e6: torch.Tensor, dtype: torch.dtype) -> list[ModulationTerms]:
+    """Every block's `modulation + e6` (fp32, as `Block.forward`) with its two gates cast to `dtype`, in three
+    launches for the whole stack instead of four per block: the same values, and a 1.3B forward has 117 fewer
+    tiny kernels (each a few microseconds of launch, ramp and tail on the GPU)."""
+    mods = torch.stack([b.modulation for b in blocks]).float() + e6[None]  # [N, 1, 6, dim] + [1, B, 6, dim]
+    gates = mods[:, :, 2::3].to(dtype)  # gate_sa, gate_ff
+    return [ModulationTerms(m[:, 0], m[:, 1], g[:, 0], m[:, 3], m[:, 4], g[:, 1]) for m, g in zip(mods, gates)]
+
+
 class Block(nn.Module):
     """AdaLN block: self-attn (6-way modulated), cross-attn (affine norm3), GELU(tanh) FFN (modulated)."""
 
@@ -405,13 +424,15 @@ class Block(nn.Module):
         x = x + self.ffn(modulate(self.norm2(x), shift_ff, scale_ff)) * gate_ff.to(x.dtype)
         return x
 
-    def forward_fused(self, x, e6, context, cos, sin):
+    def forward_fused(self, x, e6, context, cos, sin, terms: "ModulationTerms | None" = None):
         """`forward` through the fused kernels. The first residual add writes a new stream (the caller's x is
         never modified); the other two update that stream in place (each element is read before it is written).
         Where `fused_epilogues` is on and the kernels allow it (`fuses_epilogue`), each residual add runs in the
-        epilogue of the GEMM in front of it, and the FFN's hidden activation goes from GEMM to GEMM in fp8."""
-        shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (self.modulation.float() + e6).unbind(1)
-        gate_sa, gate_ff = gate_sa.to(x.dtype), gate_ff.to(x.dtype)
+        epilogue of the GEMM in front of it, and the FFN's hidden activation goes from GEMM to GEMM in fp8.
+        `terms`: this block's modulation already computed (`modulation_terms`); else it is computed from e6."""
+        if terms is None:
+            terms = modulation_terms([self], e6, x.dtype)[0]
+        shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = terms
         eps = self.norm1.eps
         sa, ca, ffn = self.self_attn, self.cross_attn, self.ffn
         fuse = self.fused_epilogues
@@ -542,8 +563,8 @@ class WanDiT(nn.Module):
         context = self.text_embedding(context)
         if self.use_fused(x, dtype):
             cos, sin = self.rope_cos_sin(grid, x.device)
-            for block in self.blocks:
-                h = block.forward_fused(h, e6, context, cos, sin)
+            for block, terms in zip(self.blocks, modulation_terms(self.blocks, e6, h.dtype)):
+                h = block.forward_fused(h, e6, context, cos, sin, terms)
             return self.unpatchify(self.head.forward_fused(h, e), grid)
         rope = self.rope(grid, x.device)
         for block in self.blocks:
