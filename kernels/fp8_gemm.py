@@ -294,7 +294,8 @@ def ffn_hidden_scales(xs: torch.Tensor, w_l1_max: torch.Tensor | float, b_abs_ma
     return ffn_hidden_scales_ref(xs, w_l1_max, b_abs_max)
 
 
-def ffn_hidden_scales_ref(xs: torch.Tensor, w_l1_max: torch.Tensor | float, b_abs_max: torch.Tensor | float) -> torch.Tensor:
+def ffn_hidden_scales_ref(xs: torch.Tensor, w_l1_max: torch.Tensor | float,
+                          b_abs_max: torch.Tensor | float) -> torch.Tensor:
     """`ffn_hidden_scales` as torch operations."""
     return (xs * (448.0 * w_l1_max) + b_abs_max) * _HIDDEN_PAD
 
@@ -336,6 +337,6 @@ def matmul_residual_triton(a, a_scale, w, w_scale, bias, residual, gate=None, to
 
 
 __all__ = [
-    "ffn_hidden_scales", "ffn_hidden_scales_ref", "fp8_matmul_gelu_quant_rows_triton", "gemm_config", "matmul_residual_triton", "matmul_triton",
-    "quantize_gelu_rows_fp8_ref", "residual_ref", "use_triton_gemm", "weight_row_l1_max",
+    "ffn_hidden_scales", "ffn_hidden_scales_ref", "fp8_matmul_gelu_quant_rows_triton", "gemm_config",
+    "matmul_residual_triton", "matmul_triton", "quantize_gelu_rows_fp8_ref", "residual_ref", "use_triton_gemm", "weight_row_l1_max",
 ]

@@ -424,7 +424,7 @@ class Block(nn.Module):
         x = x + self.ffn(modulate(self.norm2(x), shift_ff, scale_ff)) * gate_ff.to(x.dtype)
         return x
 
-    def forward_fused(self, x, e6, context, cos, sin, terms: "ModulationTerms | None" = None):
+    def forward_fused(self, x, e6, context, cos, sin, terms: ModulationTerms | None = None):
         """`forward` through the fused kernels. The first residual add writes a new stream (the caller's x is
         never modified); the other two update that stream in place (each element is read before it is written).
         Where `fused_epilogues` is on and the kernels allow it (`fuses_epilogue`), each residual add runs in the
