@@ -12,9 +12,9 @@ are the eager forward's; `+unfused` turns off the GEMM epilogue fusion (residual
 kernels/fp8_gemm.py, on by default on Hopper): cuBLAS GEMMs, then the elementwise kernels; `+gluon` / `+triton`
 run every fused GEMM through the ping-pong Gluon kernel (kernels/gemm_gluon.py) / the Triton kernel; `+plainattn`
 runs the Gluon SLA kernel without its intra-warpgroup overlap, kernels/sla_gluon.py; `+nosplit` turns off the
-wave-tail split, `sla.TAIL_SPLIT`, which only the Triton SLA kernel uses by default; `+intcast` runs the Triton norm and
-quantization kernels as before session 15: bf16 rounding by integer ops, a clamp before the hardware e4m3 cast
-(the same bits as the hardware casts: compare the printed output hashes))
+wave-tail split, `sla.TAIL_SPLIT`, which only the Triton SLA kernel uses by default; `+intcast` runs the Triton
+norm and quantization kernels as before session 15: bf16 rounding by integer ops, a clamp before the hardware e4m3
+cast (the same bits as the hardware casts: compare the printed output hashes))
     python bench/bench_forward.py --model 14b --res 720p --variants fp8+sla --no-diffusers
 """
 from __future__ import annotations

@@ -32,6 +32,7 @@ import torch
 
 from kernels.fp8_linear import (
     FP8_DTYPE,
+    FP8_MAX,
     _interpreting,
     _use_triton,
     fp8_cast_mode,
@@ -268,7 +269,7 @@ def _scale_mode(a: torch.Tensor, a_scale: torch.Tensor | None) -> int:
     return ROWWISE
 
 
-_HIDDEN_PAD = (1.0 + 2.0**-6) / 448.0
+_HIDDEN_PAD = (1.0 + 2.0**-6) / FP8_MAX
 
 
 def ffn_hidden_scales(xs: torch.Tensor, w_l1_max: torch.Tensor | float, b_abs_max: torch.Tensor | float) -> torch.Tensor:
@@ -338,5 +339,6 @@ def matmul_residual_triton(a, a_scale, w, w_scale, bias, residual, gate=None, to
 
 __all__ = [
     "ffn_hidden_scales", "ffn_hidden_scales_ref", "fp8_matmul_gelu_quant_rows_triton", "gemm_config",
-    "matmul_residual_triton", "matmul_triton", "quantize_gelu_rows_fp8_ref", "residual_ref", "use_triton_gemm", "weight_row_l1_max",
+    "matmul_residual_triton", "matmul_triton", "quantize_gelu_rows_fp8_ref", "residual_ref", "use_triton_gemm",
+    "weight_row_l1_max",
 ]

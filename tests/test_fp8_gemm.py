@@ -136,7 +136,8 @@ INTERPRET_SCRIPT = textwrap.dedent(
 )
 CASES = ["rowwise_store", "store_config_independent", "rows_independent", "gelu_quant_rows_of_its_gemm",
          "gelu_quant_config_independent", "row_bound_holds", "hidden_scales_kernel_is_torchs_expression",
-         "store_of_the_hidden", "gated_residual_of_its_gemm", "in_place_is_out_of_place", "plain_residual", "bf16_store", "bf16_gated_residual"]
+         "store_of_the_hidden", "gated_residual_of_its_gemm", "in_place_is_out_of_place", "plain_residual",
+         "bf16_store", "bf16_gated_residual"]
 
 
 @pytest.fixture(scope="module")
