@@ -48,13 +48,16 @@ VARIANTS = {"bf16": ("dense", None), "fp8": ("dense", DEFAULT_KEEP_BF16), "fp8-a
             "sla": ("sla", None), "fp8+sla": ("sla", DEFAULT_KEEP_BF16), "fp8-all+sla": ("sla", ())}
 
 
-def forward_inputs(model: str = "1.3b", res: str = "480p", frames: int = 81, device: str = "cuda"):
-    """(config, latents, timestep, text context): the random inputs of every forward benchmark (seed first)."""
+def forward_inputs(model: str = "1.3b", res: str = "480p", frames: int = 81, device: str = "cuda",
+                   prompt_tokens: int = 512):
+    """(config, latents, timestep, text context): the random inputs of every forward benchmark (seed first). The
+    context has `prompt_tokens` rows, as the pipeline passes a prompt's embedding: the DiT zero-pads it to 512 rows
+    (512: a prompt that fills the text window, the most expensive case)."""
     cfg = DiTConfig(**MODELS[model])
     h, w = LATENT[res]
     x = torch.randn(1, 16, 1 + (frames - 1) // 4, h, w, device=device, dtype=torch.bfloat16)
     ts = torch.tensor([900.0], device=device)
-    ctx = torch.randn(1, 512, 4096, device=device, dtype=torch.bfloat16)
+    ctx = torch.randn(1, 512, 4096, device=device, dtype=torch.bfloat16)[:, :prompt_tokens]
     return cfg, x, ts, ctx
 
 
@@ -108,16 +111,18 @@ def main():
     ap.add_argument("--variants", default="bf16,fp8,fp8-all,sla,fp8+sla,fp8-all+sla")
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--no-diffusers", action="store_true")
+    ap.add_argument("--prompt-tokens", type=int, default=512,
+                    help="rows of the text context (a prompt's umT5 tokens); diffusers gets them zero-padded to 512")
     ap.add_argument("--json", default=None)
     ap.add_argument("--top", type=int, default=6, help="kernels listed per variant, by GPU time in one forward")
     args = ap.parse_args()
 
     torch.manual_seed(0)
     dev = "cuda"
-    cfg, x, ts, ctx = forward_inputs(args.model, args.res, args.frames, dev)
+    cfg, x, ts, ctx = forward_inputs(args.model, args.res, args.frames, dev, args.prompt_tokens)
     tokens = x.shape[2] * x.shape[3] * x.shape[4] // 4
     print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | Wan {args.model} {args.res} {args.frames}f "
-          f"= {tokens} tokens | SLA topk {args.topk}")
+          f"= {tokens} tokens | SLA topk {args.topk} | prompt of {ctx.shape[1]} tokens")
     results = []
     refs = {}  # attention backend -> our bf16 output with it (the "bf16" and "sla" variants)
     default_routes = dict(GLUON_DEFAULT)
@@ -134,7 +139,8 @@ def main():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         with torch.no_grad():
-            fn = lambda: theirs(x, ts, ctx, return_dict=False)[0]  # noqa: E731
+            padded = torch.nn.functional.pad(ctx, (0, 0, 0, cfg.text_len - ctx.shape[1]))  # as its pipeline pads
+            fn = lambda: theirs(x, ts, padded, return_dict=False)[0]  # noqa: E731
             ms = timed(fn, iters=iters)
             parts = breakdown(fn)
         results.append({"variant": "diffusers bf16", "ms": ms, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,

@@ -25,6 +25,8 @@ for s in "$@"; do
     norms) step norms 150 python bench/bench_norms.py ;;
     norms14) step norms14 170 python bench/bench_norms.py --shapes 1.3b,14b --budget-s 140 ;;
     attention) step attention 240 python bench/bench_attention.py ;;
+    cross) step cross 150 python bench/bench_cross_attention.py ;;
+    forward-prompt) step forward-prompt 240 python bench/bench_forward.py --variants fp8+sla,fp8+sla+graph --no-diffusers --prompt-tokens 100 ;;
     pipeline) step pipeline 300 python bench/bench_pipeline.py --attention sla --quant fp8 --json "$OUT/pipeline.json" ;;
     pipeline-dense) step pipeline-dense 300 python bench/bench_pipeline.py --attention dense --quant none --json "$OUT/pipeline_dense.json" ;;
     forward) step forward 420 python bench/bench_forward.py --json "$OUT/forward.json" ;;

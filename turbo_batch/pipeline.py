@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from .config import load_config, resolve_runtime
 from .models.cuda_graph import GraphedForward
+from .models.text_encoder import without_padding
 from .params import RenderParams, preset_for
 from .sampling import NoiseStream, flow_sample, flow_sigmas, iter_expert_names, rcm_rf_times, rcm_sample
 
@@ -64,6 +65,12 @@ def prepare_image(image: np.ndarray, width: int, height: int) -> torch.Tensor:
     x = F.interpolate(x, size=(rh, rw), mode="bilinear", align_corners=False, antialias=True)
     top, left = (rh - height) // 2, (rw - width) // 2
     return x[0, :, top:top + height, left:left + width].clamp(-1, 1)
+
+
+def stack_padded(contexts: list[torch.Tensor]) -> torch.Tensor:
+    """[B, max tokens, dim]: prompt embeddings of different lengths, zero-padded at the end as the encoder pads."""
+    n = max(c.shape[0] for c in contexts)
+    return torch.stack([F.pad(c, (0, 0, 0, n - c.shape[0])) for c in contexts])
 
 
 def batch_signature(job: RenderJob) -> tuple:
@@ -121,7 +128,8 @@ class Pipeline:
 
     # ------------------------------------------------------------------ stages
     def encode_prompt(self, prompt: str) -> torch.Tensor:
-        """[text_len, dim] embedding, cached so a prompt repeated across rows is encoded once."""
+        """[tokens, dim] embedding without the encoder's zero padding rows (the DiT restores them, or collapses
+        them: `collapse_text_padding`), cached so a prompt repeated across rows is encoded once."""
         if prompt in self._prompt_cache:
             self._prompt_cache.move_to_end(prompt)
             return self._prompt_cache[prompt].to(self.device)
@@ -132,11 +140,11 @@ class Pipeline:
             emb = te.encode([prompt])[0]
         if self.runtime.get("offload_text_encoder"):
             te.to("cpu")
-        self._prompt_cache[prompt] = emb.detach().to("cpu")
+        self._prompt_cache[prompt] = without_padding(emb.detach().to("cpu"))
         limit = int(self.runtime.get("prompt_cache_size", 1024))
         while len(self._prompt_cache) > limit:
             self._prompt_cache.popitem(last=False)
-        return emb.to(self.device)
+        return self._prompt_cache[prompt].to(self.device)
 
     def image_condition(self, image: np.ndarray, p: RenderParams) -> torch.Tensor:
         """y = concat(mask [4,T,h,w], VAE latent of [image, zeros...]) = 20 channels (REFERENCE §4)."""
@@ -176,7 +184,7 @@ class Pipeline:
         timings: dict = {}
         self._sync()
         t0 = time.perf_counter()
-        context = torch.stack([self.encode_prompt(j.prompt) for j in jobs]).to(self.dtype)
+        context = stack_padded([self.encode_prompt(j.prompt) for j in jobs]).to(self.dtype)
         self._sync()
         timings["text_s"] = time.perf_counter() - t0
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels.cross_attention import cross_attention
 from kernels.fp8_gemm import (
     ffn_hidden_scales,
     fp8_matmul_gelu_quant_rows_triton,
@@ -300,6 +301,25 @@ class SelfAttention(nn.Module):
         return self.attn_op(q, k, v.unflatten(2, (self.num_heads, -1))).flatten(2)
 
 
+TEXT_ROWS_BUCKET = 64  # a context's rows are padded to a multiple of this, so few shapes (and CUDA graphs) arise
+COLLAPSE_MAX_ROWS = 256  # longer contexts attend to all text_len rows through SDPA (faster there: bench_cross_attention)
+
+
+def collapse_text_padding(context: torch.Tensor, text_len: int) -> tuple[torch.Tensor, int]:
+    """(rows, pad_count): `context` [B, L, C] zero-padded to a multiple of TEXT_ROWS_BUCKET rows plus one zero row
+    that stands for the other `pad_count` of the text_len - L padding rows, or to all text_len rows (pad_count 0).
+
+    Why this is exact: Wan attends, unmasked, to a prompt's embedding zero-padded to text_len rows; every zero row
+    embeds to the same key and value, and n copies of a key weigh in the softmax as one with ln n on its logit
+    (kernels/cross_attention.py). A 50-token prompt then costs 65 keys instead of 512.
+    """
+    L = context.shape[1]
+    rows = min(text_len, -(-max(L, 1) // TEXT_ROWS_BUCKET) * TEXT_ROWS_BUCKET)
+    if rows >= text_len or rows > COLLAPSE_MAX_ROWS:
+        return F.pad(context, (0, 0, 0, text_len - L)), 0
+    return F.pad(context, (0, 0, 0, rows + 1 - L)), text_len - rows
+
+
 class CrossAttention(nn.Module):
     """Video tokens attend to the (zero-padded, unmasked) text context; always dense."""
 
@@ -320,13 +340,16 @@ class CrossAttention(nn.Module):
     def forward_fused(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         return self.o(self.attend_fused(x, context))
 
-    def attend_fused(self, x: torch.Tensor | Fp8Rows, context: torch.Tensor) -> torch.Tensor:
+    def attend_fused(self, x: torch.Tensor | Fp8Rows, context: torch.Tensor, pad_count: int = 0) -> torch.Tensor:
         """`forward` up to the output projection, through the fused RMSNorm kernel; x may arrive as fp8 rows when
-        q is FP8 (see `affine_input`)."""
+        q is FP8 (see `affine_input`). `pad_count` > 0: context's last row stands for that many padding rows
+        (`collapse_text_padding`)."""
         heads = (self.num_heads, -1)
         q = rmsnorm(project(x, self.q)[0], self.norm_q.weight, self.norm_q.eps, weight_in_fp32=True).unflatten(2, heads)
         k, v = project(context, self.k, self.v)
         k = rmsnorm(k, self.norm_k.weight, self.norm_k.eps, weight_in_fp32=True).unflatten(2, heads)
+        if pad_count:
+            return cross_attention(q, k, v.unflatten(2, heads), pad_count).flatten(2)
         return attention(q, k, v.unflatten(2, heads), "dense").flatten(2)
 
 
@@ -424,12 +447,13 @@ class Block(nn.Module):
         x = x + self.ffn(modulate(self.norm2(x), shift_ff, scale_ff)) * gate_ff.to(x.dtype)
         return x
 
-    def forward_fused(self, x, e6, context, cos, sin, terms: ModulationTerms | None = None):
+    def forward_fused(self, x, e6, context, cos, sin, terms: ModulationTerms | None = None, pad_count: int = 0):
         """`forward` through the fused kernels. The first residual add writes a new stream (the caller's x is
         never modified); the other two update that stream in place (each element is read before it is written).
         Where `fused_epilogues` is on and the kernels allow it (`fuses_epilogue`), each residual add runs in the
         epilogue of the GEMM in front of it, and the FFN's hidden activation goes from GEMM to GEMM in fp8.
-        `terms`: this block's modulation already computed (`modulation_terms`); else it is computed from e6."""
+        `terms`: this block's modulation already computed (`modulation_terms`); else it is computed from e6.
+        `pad_count`: the text context's padding collapsed into its last row (`collapse_text_padding`), or 0."""
         if terms is None:
             terms = modulation_terms([self], e6, x.dtype)[0]
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = terms
@@ -441,7 +465,8 @@ class Block(nn.Module):
             x = linear_residual(a, sa.o, x, gate_sa, out=torch.empty_like(x))
         else:
             x = gated_residual(x, sa.o(a), gate_sa)
-        a = ca.attend_fused(affine_input(x, self.norm3.weight, self.norm3.bias, eps, quantize_in_norm(ca.q)), context)
+        a = ca.attend_fused(affine_input(x, self.norm3.weight, self.norm3.bias, eps, quantize_in_norm(ca.q)), context,
+                             pad_count)
         if fuse and fuses_epilogue(a, ca.o):
             linear_residual(a, ca.o, x, None)
         else:
@@ -559,13 +584,14 @@ class WanDiT(nn.Module):
         grid = tuple(n // p for n, p in zip(x.shape[2:], cfg.patch_size))
         h = self.patchify(x.to(dtype))
         e, e6 = self.time_embed(timestep.to(x.device))
-        context = F.pad(context.to(dtype), (0, 0, 0, cfg.text_len - context.shape[1]))
-        context = self.text_embedding(context)
         if self.use_fused(x, dtype):
+            context, pad_count = collapse_text_padding(context.to(dtype), cfg.text_len)
+            context = self.text_embedding(context)
             cos, sin = self.rope_cos_sin(grid, x.device)
             for block, terms in zip(self.blocks, modulation_terms(self.blocks, e6, h.dtype)):
-                h = block.forward_fused(h, e6, context, cos, sin, terms)
+                h = block.forward_fused(h, e6, context, cos, sin, terms, pad_count)
             return self.unpatchify(self.head.forward_fused(h, e), grid)
+        context = self.text_embedding(F.pad(context.to(dtype), (0, 0, 0, cfg.text_len - context.shape[1])))
         rope = self.rope(grid, x.device)
         for block in self.blocks:
             h = block(h, e6, context, rope)

@@ -231,6 +231,14 @@ class TextEncoder(nn.Module):
         return torch.cat([self(*self.tokenize([p])) for p in prompts], dim=0)
 
 
+def without_padding(embedding: torch.Tensor) -> torch.Tensor:
+    """[text_len, dim] -> [tokens, dim]: drops the zero rows `TextEncoder` writes past a prompt's tokens (at least one
+    row stays). The DiT pads them back (`WanDiT.forward`), so the result is the same; on its fused path it needs
+    only the tokens (`dit.collapse_text_padding`)."""
+    rows = embedding.ne(0).any(dim=-1).nonzero()
+    return embedding[: int(rows[-1]) + 1 if len(rows) else 1]
+
+
 # ----------------------------------------------------------------------------------------------- construction
 def random_text_encoder(
     preset_section: Mapping | None,

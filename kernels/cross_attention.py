@@ -1,0 +1,123 @@
+"""Cross-attention over a short text context whose padding is collapsed into one weighted key.
+
+Why: Wan pads every prompt's umT5 embedding with zero rows to 512 tokens and attends to all of them, unmasked. The
+zero rows all embed to the same key and value, so attending to n of them is attending to one of them with its logit
+raised by ln n: exact, up to the order of the sums. A prompt of ~50 tokens then needs 65 keys instead of 512, and the
+cross-attention, which reads and writes every video token in every block, goes from compute-bound to a pass over q
+and o. `WanDiT` builds such a context (`collapse_text_padding`) on its fused path.
+
+`cross_attention(q, k, v, pad_count)`: q (B, Lq, H, D), k and v (B, S, H, D); the last key row stands for `pad_count`
+identical keys (`pad_count` 0: every row is one key, as in plain SDPA). The Triton kernel follows Triton's
+fused-attention tutorial (online softmax in exp2, fp32 statistics and accumulator, P rounded to the inputs' dtype for
+the P V MMA), one program per 128 queries of one head looping over the keys in 64-key blocks, the pad key's
+ln(pad_count) added in fp32. Deterministic: a fixed launch configuration, no atomics.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+try:  # triton is a Linux-only dependency; CPU-only platforms use the reference
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover
+    triton = None
+
+BLOCK_M, BLOCK_N = 128, 64
+NUM_WARPS, NUM_STAGES = 8, 2
+
+
+def cross_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pad_count: int = 0) -> torch.Tensor:
+    """softmax(q k^T / sqrt(D) + bias) v in float32 (or float64), bias ln(pad_count) on the last key (none when 0);
+    returned in q's dtype."""
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    qf, kf, vf = (t.to(dtype).transpose(1, 2) for t in (q, k, v))  # (B, H, L, D)
+    s = qf @ kf.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if pad_count:
+        s[..., -1] += math.log(pad_count)
+    return (s.softmax(dim=-1) @ vf).transpose(1, 2).to(q.dtype)
+
+
+def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pad_count: int) -> None:
+    if q.dim() != 4 or k.shape != v.shape or k.dim() != 4:
+        raise ValueError(f"cross_attention: q (B, Lq, H, D), k and v (B, S, H, D); got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    if (q.shape[0], q.shape[2], q.shape[3]) != (k.shape[0], k.shape[2], k.shape[3]):
+        raise ValueError(f"cross_attention: q {tuple(q.shape)} and k {tuple(k.shape)} differ in batch, heads or "
+                         "head_dim")
+    if pad_count < 0 or (pad_count and k.shape[1] < 1):
+        raise ValueError(f"cross_attention: pad_count must be >= 0 with at least one key, got {pad_count}")
+
+
+def cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pad_count: int = 0) -> torch.Tensor:
+    """(B, Lq, H, D) attention output; the Triton kernel on CUDA (or under TRITON_INTERPRET=1), else the reference."""
+    _check(q, k, v, pad_count)
+    use_triton = triton is not None and (q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+    D = q.shape[-1]
+    if not use_triton or D < 16 or D & (D - 1):
+        return cross_attention_reference(q, k, v, pad_count)
+    return cross_attention_triton(q, k, v, pad_count)
+
+
+def cross_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pad_count: int = 0) -> torch.Tensor:
+    _check(q, k, v, pad_count)
+    if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
+        q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    B, Lq, H, D = q.shape
+    S = k.shape[1]
+    out = torch.empty((B, Lq, H, D), device=q.device, dtype=q.dtype)
+    grid = (triton.cdiv(Lq, BLOCK_M), B * H)
+    _cross_attention_kernel[grid](
+        q, k, v, out,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
+        Lq, S, H,
+        1.0 / math.sqrt(D) * 1.4426950408889634,  # softmax scale in the exp2 domain
+        math.log2(pad_count) if pad_count else 0.0,
+        HAS_PAD=pad_count > 0, D=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
+        num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+    )
+    return out
+
+
+if triton is not None:
+
+    @triton.jit
+    def _cross_attention_kernel(
+        Q, K, V, O,
+        sqb, sql, sqh, skb, skl, skh, svb, svl, svh, sob, sol, soh,
+        Lq, S, H,
+        qk_scale, log2_pad,
+        HAS_PAD: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ):
+        pid_m = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = bh // H
+        h = bh % H
+        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = tl.arange(0, D)
+        q = tl.load(Q + b * sqb + h * sqh + rows[:, None] * sql + cols[None, :], mask=rows[:, None] < Lq, other=0.0)
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, D], tl.float32)
+        k_base = K + b * skb + h * skh
+        v_base = V + b * svb + h * svh
+        for start in range(0, S, BLOCK_N):
+            keys = start + tl.arange(0, BLOCK_N)
+            in_range = keys < S
+            k = tl.load(k_base + keys[:, None] * skl + cols[None, :], mask=in_range[:, None], other=0.0)
+            v = tl.load(v_base + keys[:, None] * svl + cols[None, :], mask=in_range[:, None], other=0.0)
+            s = tl.dot(q, tl.trans(k)) * qk_scale
+            if HAS_PAD:
+                s = s + tl.where(keys == S - 1, log2_pad, 0.0)[None, :]
+            s = tl.where(in_range[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            alpha = tl.math.exp2(m_i - m_new)
+            p = tl.math.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
+        out = acc / l_i[:, None]
+        tl.store(O + b * sob + h * soh + rows[:, None] * sol + cols[None, :], out.to(O.dtype.element_ty),
+                 mask=rows[:, None] < Lq)

@@ -1,0 +1,136 @@
+"""Specification of the cross-attention with collapsed text padding (kernels/cross_attention.py) and of the DiT's use
+of it: attending to a prompt's tokens plus one key standing for n zero-padding rows is attending to all of them.
+On CPU the Triton kernel runs in Triton's interpreter (float32 inputs: its bf16 dot is not exact there)."""
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from _helpers import run_interpreted
+from kernels.cross_attention import cross_attention, cross_attention_reference
+from turbo_batch.models.dit import TEXT_ROWS_BUCKET, DiTConfig, collapse_text_padding
+from turbo_batch.models.dit_checkpoints import random_dit
+from turbo_batch.models.text_encoder import without_padding
+from turbo_batch.pipeline import stack_padded
+
+
+def expanded(k: torch.Tensor, pad_count: int) -> torch.Tensor:
+    """k with its last row repeated pad_count times: what the collapsed key stands for."""
+    return torch.cat([k[:, :-1], k[:, -1:].expand(-1, pad_count, -1, -1)], dim=1)
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def test_one_key_with_ln_n_on_its_logit_weighs_as_n_copies_of_it():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 40, 3, 16, generator=g, dtype=torch.float64) for _ in range(3))
+    full = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, expanded(k, 300), expanded(v, 300))))
+    assert rel(cross_attention_reference(q, k, v, 300), full.transpose(1, 2)) < 1e-12
+
+
+def test_pad_count_zero_is_plain_softmax_attention():
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 33, 2, 32, generator=g) for _ in range(3))
+    sdpa = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v))).transpose(1, 2)
+    assert rel(cross_attention(q, k, v, 0), sdpa) < 1e-6
+
+
+def test_bad_shapes_and_counts_fail_with_the_shapes_named():
+    q = torch.zeros(1, 8, 2, 16)
+    with pytest.raises(ValueError, match="differ in batch, heads or head_dim"):
+        cross_attention(q, torch.zeros(1, 4, 3, 16), torch.zeros(1, 4, 3, 16))
+    with pytest.raises(ValueError, match="pad_count must be >= 0"):
+        cross_attention(q, torch.zeros(1, 4, 2, 16), torch.zeros(1, 4, 2, 16), -1)
+
+
+INTERPRETED = textwrap.dedent(
+    """
+    import json, torch
+    from kernels.cross_attention import cross_attention_reference, cross_attention_triton
+    from test_cross_attention import expanded, rel
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    # (batch, queries, heads, head_dim, keys incl. the pad row, pad_count): ragged query and key tails, one key block
+    # or several, no pad row, a query tensor that is a strided view
+    for case in [(2, 200, 2, 32, 65, 447), (1, 130, 3, 64, 17, 0), (1, 64, 1, 16, 129, 383), (1, 128, 2, 16, 1, 511)]:
+        B, Lq, H, D, S, pad = case
+        q, k, v = (torch.randn(B, n, H, D, generator=g) for n in (Lq, S, S))
+        q = torch.randn(B, Lq, H, 2 * D, generator=g)[..., :D] if D == 32 else q
+        o = cross_attention_triton(q, k, v, pad)
+        ref = cross_attention_reference(q, expanded(k, pad), expanded(v, pad), 0) if pad else \\
+            cross_attention_reference(q, k, v, 0)
+        out[str(case)] = {"rel": rel(o, ref), "repeat": bool(torch.equal(o, cross_attention_triton(q, k, v, pad))),
+                          "alone": bool(torch.equal(o[1:], cross_attention_triton(q[1:], k[1:], v[1:], pad)))
+                          if B > 1 else True}
+    print("RESULT" + json.dumps(out))
+    """
+)
+
+
+def test_the_triton_kernel_in_interpreter_mode_equals_attention_over_every_padding_row():
+    """Ragged tails, several key blocks or one, a lone pad key; same bits on a repeat and whatever the batch."""
+    r = run_interpreted(INTERPRETED, timeout=300)
+    for case, got in r.items():
+        assert got["rel"] < 1e-5 and got["repeat"] and got["alone"], (case, got)
+
+
+def test_collapse_text_padding_keeps_bucketed_rows_plus_one_row_for_the_rest():
+    ctx = torch.randn(2, 50, 8)
+    rows, pad = collapse_text_padding(ctx, 512)
+    assert rows.shape == (2, TEXT_ROWS_BUCKET + 1, 8) and pad == 512 - TEXT_ROWS_BUCKET
+    assert torch.equal(rows[:, :50], ctx) and not rows[:, 50:].any()
+    full, pad = collapse_text_padding(torch.randn(1, 500, 8), 512)  # long prompts keep every row
+    assert full.shape == (1, 512, 8) and pad == 0
+    tiny, pad = collapse_text_padding(torch.randn(1, 5, 8), 16)  # short text windows too
+    assert tiny.shape == (1, 16, 8) and pad == 0
+
+
+def test_the_fused_dit_forward_with_collapsed_padding_equals_the_padded_forward():
+    """The fused path (forced on CPU: torch references stand in for the kernels) on a 20-token prompt against the
+    same prompt zero-padded to 512 rows, which collapses nothing, and against the reference path."""
+    cfg = DiTConfig(dim=64, ffn_dim=128, num_heads=4, num_layers=2, freq_dim=32, text_dim=32, text_len=512)
+    m = random_dit(cfg, seed=5).eval()
+    m.use_fused = lambda x, dtype: True
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 16, 3, 8, 12, generator=g)
+    ctx = torch.randn(1, 20, 32, generator=g)
+    t = torch.tensor([700.0])
+    with torch.no_grad():
+        short = m(x, t, ctx)
+        padded = m(x, t, F.pad(ctx, (0, 0, 0, 492)))
+        m.use_fused = lambda x, dtype: False
+        reference = m(x, t, ctx)
+    assert rel(short, padded) < 1e-5 and rel(short, reference) < 1e-5
+
+
+def test_the_pipeline_hands_the_dit_a_prompts_tokens_without_the_encoders_zero_rows():
+    emb = torch.zeros(512, 8)
+    emb[:7] = torch.randn(7, 8)
+    assert without_padding(emb).shape == (7, 8) and without_padding(torch.zeros(16, 8)).shape == (1, 8)
+    batch = stack_padded([emb[:7], emb[:3]])
+    assert batch.shape == (2, 7, 8) and torch.equal(batch[1, :3], emb[:3]) and not batch[1, 3:].any()
+
+
+# ============================================================================================================ GPU
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("rows,heads", [(64, 12), (128, 40), (256, 12)])
+def test_on_the_gpu_a_collapsed_context_matches_sdpa_over_all_512_rows(rows, heads):
+    """bf16 at the DiT's shapes (1.3B 480p: 32760 tokens; 14B heads), fresh random inputs; bits repeat."""
+    g = torch.Generator(device="cuda").manual_seed(rows)
+    q = torch.randn(1, 32760, heads, 128, device="cuda", generator=g, dtype=torch.bfloat16)
+    k, v = (torch.randn(1, rows + 1, heads, 128, device="cuda", generator=g, dtype=torch.bfloat16) for _ in range(2))
+    pad = 512 - rows
+    out = cross_attention(q, k, v, pad)
+    sdpa = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, expanded(k, pad), expanded(v, pad))))
+    ref = cross_attention_reference(q, k, v, pad)
+    assert rel(out, ref) < 5e-3 and rel(sdpa.transpose(1, 2), ref) < 5e-3
+    assert torch.equal(out, cross_attention(q, k, v, pad))
