@@ -18,6 +18,8 @@ attention layout, gated residual adds in place on the block's own stream; FP8 bl
 once for q/k/v (and for the cross k/v) and run the FFN hidden activation through fused GELU + quantization; the
 modulated LayerNorms in front of FP8 q/k/v and an FP8 FFN write the per-token fp8 rows directly
 (`layernorm_modulate_fp8`: the same bits as modulating to bf16 and then quantizing, without the bf16 round trip).
+A short prompt's cross-attention attends to its tokens plus one key standing for all its zero padding rows
+(`collapse_text_padding`; exact up to summation order), not to 512 rows.
 Every kernel rounds where the torch path rounds, so the two agree within bf16 rounding; the torch path (CPU,
 float32, `fused = False`) is the specification.
 """
