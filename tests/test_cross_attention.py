@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from _helpers import run_interpreted
 from kernels.cross_attention import cross_attention, cross_attention_reference
+from kernels.norms import rmsnorm
 from turbo_batch.models.dit import TEXT_ROWS_BUCKET, DiTConfig, collapse_text_padding
 from turbo_batch.models.dit_checkpoints import random_dit
 from turbo_batch.models.text_encoder import without_padding
@@ -51,7 +52,7 @@ def test_bad_shapes_and_counts_fail_with_the_shapes_named():
 INTERPRETED = textwrap.dedent(
     """
     import json, torch
-    from kernels.cross_attention import cross_attention_reference, cross_attention_triton
+    from kernels.cross_attention import cross_attention_reference, cross_attention_triton, normed_q_reference
     from test_cross_attention import expanded, rel
     g = torch.Generator().manual_seed(0)
     out = {}
@@ -67,13 +68,21 @@ INTERPRETED = textwrap.dedent(
         out[str(case)] = {"rel": rel(o, ref), "repeat": bool(torch.equal(o, cross_attention_triton(q, k, v, pad))),
                           "alone": bool(torch.equal(o[1:], cross_attention_triton(q[1:], k[1:], v[1:], pad)))
                           if B > 1 else True}
+        # the same with q's RMSNorm (over all heads) inside the kernel
+        w = torch.rand(H * D, generator=g) + 0.5
+        o = cross_attention_triton(3 * q, k, v, pad, w, 1e-6)
+        ref = cross_attention_reference(normed_q_reference(3 * q, w, 1e-6), k, v, pad)
+        out[str(case) + " normed"] = {"rel": rel(o, ref), "repeat": bool(torch.equal(o, cross_attention_triton(
+            3 * q, k, v, pad, w, 1e-6))), "alone": bool(torch.equal(o[1:], cross_attention_triton(
+            3 * q[1:], k[1:], v[1:], pad, w, 1e-6))) if B > 1 else True}
     print("RESULT" + json.dumps(out))
     """
 )
 
 
 def test_the_triton_kernel_in_interpreter_mode_equals_attention_over_every_padding_row():
-    """Ragged tails, several key blocks or one, a lone pad key; same bits on a repeat and whatever the batch."""
+    """Ragged tails, several key blocks or one, a lone pad key, with or without q's RMSNorm inside the kernel; same
+    bits on a repeat and whatever the batch."""
     r = run_interpreted(INTERPRETED, timeout=300)
     for case, got in r.items():
         assert got["rel"] < 1e-5 and got["repeat"] and got["alone"], (case, got)
@@ -134,3 +143,7 @@ def test_on_the_gpu_a_collapsed_context_matches_sdpa_over_all_512_rows(rows, hea
     ref = cross_attention_reference(q, k, v, pad)
     assert rel(out, ref) < 5e-3 and rel(sdpa.transpose(1, 2), ref) < 5e-3
     assert torch.equal(out, cross_attention(q, k, v, pad))
+    w = torch.rand(heads * 128, device="cuda", generator=g) + 0.5
+    normed = cross_attention(4 * q, k, v, pad, w)  # q's RMSNorm in the kernel against the separate norm kernel
+    separate = cross_attention(rmsnorm(4 * q.flatten(2), w, weight_in_fp32=True).unflatten(2, (heads, 128)), k, v, pad)
+    assert rel(normed, separate) < 2e-3 and torch.equal(normed, cross_attention(4 * q, k, v, pad, w))

@@ -304,7 +304,7 @@ class SelfAttention(nn.Module):
 
 
 TEXT_ROWS_BUCKET = 64  # a context's rows are padded to a multiple of this, so few shapes (and CUDA graphs) arise
-COLLAPSE_MAX_ROWS = 256  # longer contexts attend to all text_len rows through SDPA (faster there: bench_cross_attention)
+COLLAPSE_MAX_ROWS = 256  # longer contexts attend to all text_len rows through SDPA (bench/bench_cross_attention.py)
 
 
 def collapse_text_padding(context: torch.Tensor, text_len: int) -> tuple[torch.Tensor, int]:
@@ -347,11 +347,13 @@ class CrossAttention(nn.Module):
         q is FP8 (see `affine_input`). `pad_count` > 0: context's last row stands for that many padding rows
         (`collapse_text_padding`)."""
         heads = (self.num_heads, -1)
-        q = rmsnorm(project(x, self.q)[0], self.norm_q.weight, self.norm_q.eps, weight_in_fp32=True).unflatten(2, heads)
+        q = project(x, self.q)[0]
         k, v = project(context, self.k, self.v)
         k = rmsnorm(k, self.norm_k.weight, self.norm_k.eps, weight_in_fp32=True).unflatten(2, heads)
-        if pad_count:
-            return cross_attention(q, k, v.unflatten(2, heads), pad_count).flatten(2)
+        if pad_count:  # the kernel also applies norm_q on its way in
+            return cross_attention(q.unflatten(2, heads), k, v.unflatten(2, heads), pad_count, self.norm_q.weight,
+                                   self.norm_q.eps).flatten(2)
+        q = rmsnorm(q, self.norm_q.weight, self.norm_q.eps, weight_in_fp32=True).unflatten(2, heads)
         return attention(q, k, v.unflatten(2, heads), "dense").flatten(2)
 
 
