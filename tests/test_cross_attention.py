@@ -147,3 +147,19 @@ def test_on_the_gpu_a_collapsed_context_matches_sdpa_over_all_512_rows(rows, hea
     normed = cross_attention(4 * q, k, v, pad, w)  # q's RMSNorm in the kernel against the separate norm kernel
     separate = cross_attention(rmsnorm(4 * q.flatten(2), w, weight_in_fp32=True).unflatten(2, (heads, 128)), k, v, pad)
     assert rel(normed, separate) < 2e-3 and torch.equal(normed, cross_attention(4 * q, k, v, pad, w))
+
+
+@pytest.mark.gpu
+@gpu
+def test_on_the_gpu_the_1_3b_dit_with_a_40_token_prompt_matches_the_prompt_padded_to_512_rows():
+    """Real width and token count (480p, 81 frames), four blocks, bf16: the fused forward collapses the short
+    prompt's padding (kernel with q's RMSNorm inside); the padded context runs the former path (RMSNorm + SDPA)."""
+    cfg = DiTConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=4)
+    m = random_dit(cfg, seed=0, device="cuda", dtype=torch.bfloat16, on_device=True).eval()
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(1, 16, 21, 60, 104, generator=g, device="cuda").bfloat16()
+    t = torch.tensor([900.0], device="cuda")
+    ctx = torch.randn(1, 40, 4096, generator=g, device="cuda").bfloat16()
+    with torch.no_grad():
+        short, padded = m(x, t, ctx), m(x, t, F.pad(ctx, (0, 0, 0, 472)))
+    assert rel(short, padded) < 1e-2 and torch.equal(short, m(x, t, ctx))
