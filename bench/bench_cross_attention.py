@@ -4,11 +4,10 @@
 
 Wan attends to 512 text rows whatever the prompt's length; `kernels/cross_attention.py` attends to the prompt's rows
 (bucketed to 64) plus one key standing for the rest. Per call, at the 1.3B 480p (32760 tokens, 12 heads) and 14B 720p
-(75600 tokens, 40 heads) shapes, bf16, GPU time from CUDA-graph replays (`_timing.graph_median_ms`), q's RMSNorm
-included as the DiT runs it: the baseline is the RMSNorm kernel + SDPA over 512 rows (what the DiT ran before); ours
-is the kernel with the RMSNorm inside ("fused"), and the RMSNorm kernel + our kernel ("separate"); "SDPA rows+1" is
-SDPA alone over rows + 1 keys without the pad key's weight (a speed reference only: not the same function). Error:
-against the float32 reference. `dit.COLLAPSE_MAX_ROWS` is set from this table: the most rows at which ours still wins.
+(75600 tokens, 40 heads) shapes, bf16, GPU time from CUDA-graph replays (`_timing.graph_median_ms`): SDPA over 512
+rows (the baseline: what the DiT runs for a prompt that fills the window), our kernel over rows + 1 keys, and SDPA
+over rows + 1 keys without the pad key's weight (a speed reference only: not the same function). Error: against the
+float32 reference. `dit.COLLAPSE_MAX_ROWS` is set from this table: the most rows at which the kernel still wins.
 """
 from __future__ import annotations
 
@@ -23,9 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from _timing import graph_median_ms  # noqa: E402
 
-from kernels import cross_attention as ca  # noqa: E402
-from kernels.cross_attention import cross_attention, cross_attention_reference, normed_q_reference  # noqa: E402
-from kernels.norms import rmsnorm  # noqa: E402
+from kernels.cross_attention import cross_attention, cross_attention_reference  # noqa: E402
 
 SHAPES = {"1.3b 480p": (32760, 12), "14b 720p": (75600, 40)}
 
@@ -47,29 +44,21 @@ def main():
     print(f"{torch.cuda.get_device_name()} | torch {torch.__version__}")
     for name, (L, H) in SHAPES.items():
         q = torch.randn(1, L, H, 128, device="cuda", dtype=torch.bfloat16)
-        w = torch.rand(H * 128, device="cuda") + 0.5
         k_all = torch.randn(1, args.text_len, H, 128, device="cuda", dtype=torch.bfloat16)
         v_all = torch.randn_like(k_all)
-        norm = lambda: rmsnorm(q.flatten(2), w, weight_in_fp32=True).unflatten(2, (H, 128))  # noqa: E731
-        base = graph_median_ms(lambda: sdpa(norm(), k_all, v_all))
-        print(f"\n{name}: RMSNorm + SDPA over {args.text_len} rows {base:.4f} ms (RMSNorm alone "
-              f"{graph_median_ms(norm):.4f} ms)")
-        print(f"{'rows':>6}{'fused ms':>10}{'vs base':>9}{'separate':>10}{'SDPA rows+1':>13}{'rel err':>10}"
-              f"{'SDPA err':>10}")
+        base = graph_median_ms(lambda: sdpa(q, k_all, v_all))
+        print(f"\n{name}: SDPA over {args.text_len} rows {base:.4f} ms")
+        print(f"{'rows':>6}{'ours ms':>10}{'vs base':>9}{'SDPA rows+1':>13}{'rel err':>10}{'SDPA err':>10}")
         for rows in (int(r) for r in args.rows.split(",")):
             pad = args.text_len - rows
             k, v = k_all[:, : rows + 1].contiguous(), v_all[:, : rows + 1].contiguous()
-            fused = graph_median_ms(lambda: cross_attention(q, k, v, pad, w))
-            ca.FUSE_Q_NORM = False
-            separate = graph_median_ms(lambda: cross_attention(q, k, v, pad, w))
-            ca.FUSE_Q_NORM = True
+            ours = graph_median_ms(lambda: cross_attention(q, k, v, pad))
             short = graph_median_ms(lambda: sdpa(q, k, v))
-            qn = normed_q_reference(q, w, 1e-6)
-            ref = cross_attention_reference(qn, k, v, pad)
+            ref = cross_attention_reference(q, k, v, pad)
             expanded = [torch.cat([t[:, :-1], t[:, -1:].expand(-1, pad, -1, -1)], 1) for t in (k, v)]
-            print(f"{rows:>6}{fused:>10.4f}{base / fused:>8.2f}x{separate:>10.4f}{short:>13.4f}"
-                  f"{rel(cross_attention(q, k, v, pad, w), ref):>10.2e}{rel(sdpa(qn, *expanded), ref):>10.2e}")
-            del ref, expanded, qn
+            err, sdpa_err = rel(cross_attention(q, k, v, pad), ref), rel(sdpa(q, *expanded), ref)
+            print(f"{rows:>6}{ours:>10.4f}{base / ours:>8.2f}x{short:>13.4f}{err:>10.2e}{sdpa_err:>10.2e}")
+            del ref, expanded
 
 if __name__ == "__main__":
     main()

@@ -14,10 +14,9 @@ run every fused GEMM through the ping-pong Gluon kernel (kernels/gemm_gluon.py) 
 runs the Gluon SLA kernel without its intra-warpgroup overlap, kernels/sla_gluon.py; `+nosplit` turns off the
 wave-tail split, `sla.TAIL_SPLIT`, which only the Triton SLA kernel uses by default; `+intcast` runs the Triton
 norm and quantization kernels as before session 15: bf16 rounding by integer ops, a clamp before the hardware e4m3
-cast (the same bits as the hardware casts: compare the printed output hashes); `+sepnorm` runs the cross-attention
-q's RMSNorm as its own kernel in front of the collapsed-padding cross-attention kernel, kernels/cross_attention.py,
-instead of inside it. `--prompt-tokens N` passes an N-token text context, as the pipeline passes a prompt's tokens:
-below 257 the cross-attention collapses the padding, dit.collapse_text_padding)
+cast (the same bits as the hardware casts: compare the printed output hashes). `--prompt-tokens N` passes an
+N-token text context, as the pipeline passes a prompt's tokens; the DiT pads it to 512 rows, or, up to
+dit.COLLAPSE_MAX_ROWS (0 by default: off), collapses the padding, dit.collapse_text_padding)
     python bench/bench_forward.py --model 14b --res 720p --variants fp8+sla --no-diffusers
 """
 from __future__ import annotations
@@ -39,7 +38,7 @@ from turbo_batch.models.dit import DiTConfig  # noqa: E402
 from turbo_batch.models.dit_checkpoints import random_dit  # noqa: E402
 from turbo_batch.models.cuda_graph import GraphedForward  # noqa: E402
 from turbo_batch.models.quantize import DEFAULT_KEEP_BF16, quantize_linears_  # noqa: E402
-from kernels import cross_attention, fp8_linear, norms, sla, sla_gluon  # noqa: E402
+from kernels import fp8_linear, norms, sla, sla_gluon  # noqa: E402
 from kernels.fp8_gemm import GLUON_DEFAULT, set_gluon_gemms  # noqa: E402
 
 MODELS = {"1.3b": dict(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
@@ -161,10 +160,9 @@ def main():
         sla_gluon.GLUON_ATTENTION["overlap"] = "+plainattn" not in name
         sla.TAIL_SPLIT["wave_slots"] = 0 if "+nosplit" in name else default_wave_slots
         norms.HW_ROUNDING = fp8_linear.SATURATING_CAST = "+intcast" not in name
-        cross_attention.FUSE_Q_NORM = "+sepnorm" not in name
         backend, keep = VARIANTS[name.replace("+graph", "").replace("+unfused", "").replace("+gluon", "")
                                  .replace("+triton", "").replace("+plainattn", "").replace("+nosplit", "")
-                                 .replace("+intcast", "").replace("+sepnorm", "")]
+                                 .replace("+intcast", "")]
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         model = random_dit(cfg, 0, device=dev, dtype=torch.bfloat16, on_device=True).eval().requires_grad_(False)

@@ -22,6 +22,16 @@ def run_interpreted(script: str, *, timeout: int = 600, extra_env: dict | None =
     return json.loads(lines[0][len("RESULT"):])
 
 
+def wan_480p_inputs(prompt_tokens: int = 512):
+    """(latents, timestep, text context) on CUDA for a Wan DiT at 480p, 81 frames (32760 tokens), seed 0."""
+    import torch
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(1, 16, 21, 60, 104, generator=g, device="cuda").bfloat16()
+    t = torch.tensor([900.0], device="cuda")
+    return x, t, torch.randn(1, prompt_tokens, 4096, generator=g, device="cuda").bfloat16()
+
+
 def render_on_local_ray(manifest: str, out: str, overrides=("runtime.attention=dense",)):
     """Render `manifest` into `out` with the real driver on a private local Ray (one logical GPU), then shut down."""
     import ray

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import textwrap
 
-from _helpers import run_interpreted
+from _helpers import run_interpreted, wan_480p_inputs
 import pytest
 import torch
 
@@ -279,10 +279,7 @@ def test_gpu_the_real_size_1_3b_dit_in_default_fp8_stays_within_3_percent_of_bf1
         pytest.skip("FP8 needs sm89+")
     cfg = DiTConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30)
     m = random_dit(cfg, seed=0, device="cuda", dtype=torch.bfloat16, on_device=True).eval()
-    g = torch.Generator(device="cuda").manual_seed(0)
-    x = torch.randn(1, 16, 21, 60, 104, generator=g, device="cuda").bfloat16()
-    t = torch.tensor([900.0], device="cuda")
-    ctx = torch.randn(1, 512, 4096, generator=g, device="cuda").bfloat16()
+    x, t, ctx = wan_480p_inputs()
     with torch.no_grad():
         ref = m(x, t, ctx)
         quantize_linears_(m, keep=DEFAULT_KEEP_BF16)

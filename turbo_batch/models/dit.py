@@ -18,8 +18,8 @@ attention layout, gated residual adds in place on the block's own stream; FP8 bl
 once for q/k/v (and for the cross k/v) and run the FFN hidden activation through fused GELU + quantization; the
 modulated LayerNorms in front of FP8 q/k/v and an FP8 FFN write the per-token fp8 rows directly
 (`layernorm_modulate_fp8`: the same bits as modulating to bf16 and then quantizing, without the bf16 round trip).
-A short prompt's cross-attention attends to its tokens plus one key standing for all its zero padding rows
-(`collapse_text_padding`; exact up to summation order), not to 512 rows.
+A short prompt's cross-attention can attend to its tokens plus one key standing for all its zero padding rows
+(`collapse_text_padding`; exact up to summation order) instead of 512 rows; off by default (`COLLAPSE_MAX_ROWS`).
 Every kernel rounds where the torch path rounds, so the two agree within bf16 rounding; the torch path (CPU,
 float32, `fused = False`) is the specification.
 """
@@ -304,7 +304,11 @@ class SelfAttention(nn.Module):
 
 
 TEXT_ROWS_BUCKET = 64  # a context's rows are padded to a multiple of this, so few shapes (and CUDA graphs) arise
-COLLAPSE_MAX_ROWS = 256  # longer contexts attend to all text_len rows through SDPA (bench/bench_cross_attention.py)
+# Contexts of more rows attend to all text_len rows through SDPA. 0, so off: on an H100 the collapsed-padding kernel
+# measured no faster than cuDNN's SDPA over all 512 rows (0.174 vs 0.183 ms at 64 rows, 0.197 ms at 128, 1.3B 480p;
+# bench/bench_cross_attention.py), while SDPA alone over the same 65 keys takes 0.080 ms: the kernel's launch shape,
+# not the idea, is what falls short (bench/experiments/cross_attention_sweep.py sweeps it).
+COLLAPSE_MAX_ROWS = 0
 
 
 def collapse_text_padding(context: torch.Tensor, text_len: int) -> tuple[torch.Tensor, int]:
@@ -347,13 +351,11 @@ class CrossAttention(nn.Module):
         q is FP8 (see `affine_input`). `pad_count` > 0: context's last row stands for that many padding rows
         (`collapse_text_padding`)."""
         heads = (self.num_heads, -1)
-        q = project(x, self.q)[0]
+        q = rmsnorm(project(x, self.q)[0], self.norm_q.weight, self.norm_q.eps, weight_in_fp32=True).unflatten(2, heads)
         k, v = project(context, self.k, self.v)
         k = rmsnorm(k, self.norm_k.weight, self.norm_k.eps, weight_in_fp32=True).unflatten(2, heads)
-        if pad_count:  # the kernel also applies norm_q on its way in
-            return cross_attention(q.unflatten(2, heads), k, v.unflatten(2, heads), pad_count, self.norm_q.weight,
-                                   self.norm_q.eps).flatten(2)
-        q = rmsnorm(q, self.norm_q.weight, self.norm_q.eps, weight_in_fp32=True).unflatten(2, heads)
+        if pad_count:
+            return cross_attention(q, k, v.unflatten(2, heads), pad_count).flatten(2)
         return attention(q, k, v.unflatten(2, heads), "dense").flatten(2)
 
 

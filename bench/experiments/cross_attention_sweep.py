@@ -1,0 +1,108 @@
+"""Launch shapes of the collapsed-padding cross-attention kernel, then the forward with and without the collapse.
+
+    python bench/experiments/cross_attention_sweep.py [--prompt-tokens 100] [--rounds 4]
+
+1. Per call GPU time (CUDA-graph replays) of `kernels/cross_attention.py` at the 1.3B 480p and 14B 720p shapes for
+   each (BLOCK_M, num_warps, num_stages), 64 / 128 / 256 prompt rows, against SDPA over 512 rows and over rows + 1.
+2. The 1.3B FP8 + SLA forward replayed from CUDA graphs with a `--prompt-tokens` prompt: padding collapsed (with the
+   fastest launch shape at 128 rows) against every 512 rows through SDPA (`dit.COLLAPSE_MAX_ROWS = 0`), interleaved.
+"""
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+import torch.nn.functional as F
+from _timing import graph_median_ms
+from bench_forward import default_model, forward_inputs
+
+from kernels import cross_attention as ca
+from turbo_batch.models import dit
+from turbo_batch.models.cuda_graph import GraphedForward
+
+CONFIGS = [(128, 8, 2), (128, 4, 2), (64, 4, 2), (64, 4, 3), (64, 8, 2)]
+
+
+def sdpa(q, k, v):
+    return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+
+
+def use(cfg):
+    ca.BLOCK_M, ca.NUM_WARPS, ca.NUM_STAGES = cfg
+
+
+def sweep() -> tuple:
+    """The launch shape fastest at 128 rows for the 1.3B shape (then timed at the 14B shape beside the default)."""
+    best = None
+    for name, (L, H) in {"1.3b": (32760, 12), "14b": (75600, 40)}.items():
+        q = torch.randn(1, L, H, 128, device="cuda", dtype=torch.bfloat16)
+        k_all = torch.randn(1, 512, H, 128, device="cuda", dtype=torch.bfloat16)
+        v_all = torch.randn_like(k_all)
+        print(f"\n{name}: SDPA over 512 rows {graph_median_ms(lambda: sdpa(q, k_all, v_all)):.4f} ms")
+        configs = CONFIGS if best is None else sorted({CONFIGS[0], best})
+        at128 = {}
+        for rows in (64, 128, 256):
+            k, v = k_all[:, : rows + 1].contiguous(), v_all[:, : rows + 1].contiguous()
+            ref = ca.cross_attention_reference(q, k, v, 512 - rows).float()
+            line = []
+            for cfg in configs:
+                use(cfg)
+                ms = graph_median_ms(lambda: ca.cross_attention(q, k, v, 512 - rows))
+                err = ((ca.cross_attention(q, k, v, 512 - rows).float() - ref).norm() / ref.norm()).item()
+                line.append(f"{cfg}: {ms:.4f} ({err:.1e})")
+                if rows == 128:
+                    at128[cfg] = ms
+            print(f"  rows {rows}: SDPA rows+1 {graph_median_ms(lambda: sdpa(q, k, v)):.4f} | " + " | ".join(line))
+        best = best or min(at128, key=at128.get)
+        del q, k_all, v_all
+    return best
+
+
+def forward_ab(cfg, prompt_tokens: int, rounds: int):
+    use(cfg)
+    c, x, ts, ctx = forward_inputs(prompt_tokens=prompt_tokens)
+    model = default_model(c)
+    variants = {}
+    for label, max_rows in (("all 512 rows (SDPA)", 0), (f"collapsed {cfg}", 256)):
+        dit.COLLAPSE_MAX_ROWS = max_rows
+        graphs = GraphedForward()
+        with torch.no_grad():
+            out = graphs(model, x, ts, ctx)
+        variants[label] = (graphs, out.float())
+    dit.COLLAPSE_MAX_ROWS = 256
+    (a, ra), (b, rb) = variants.values()
+    print(f"\nforward outputs: rel. L2 {((rb - ra).norm() / ra.norm()).item():.2e}")
+    times = {k: [] for k in variants}
+    with torch.no_grad():
+        for _ in range(rounds):
+            for label, (graphs, _) in variants.items():
+                for _ in range(2):
+                    graphs(model, x, ts, ctx)
+                torch.cuda.synchronize()
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(5):
+                    graphs(model, x, ts, ctx)
+                end.record()
+                torch.cuda.synchronize()
+                times[label].append(start.elapsed_time(end) / 5)
+    for label, t in times.items():
+        print(f"{label}: median {statistics.median(t):.2f} ms over {rounds} rounds {[round(v, 1) for v in t]}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prompt-tokens", type=int, default=100)
+    ap.add_argument("--rounds", type=int, default=4)
+    args = ap.parse_args()
+    print(torch.cuda.get_device_name())
+    cfg = sweep()
+    print(f"fastest at 128 rows (1.3B): {cfg}")
+    forward_ab(cfg, args.prompt_tokens, args.rounds)
+
+
+if __name__ == "__main__":
+    main()
