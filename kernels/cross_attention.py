@@ -60,12 +60,12 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pad_count: int) ->
 
 def cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pad_count: int = 0) -> torch.Tensor:
     """(B, Lq, H, D) attention output; the Triton kernel on CUDA (or under TRITON_INTERPRET=1), else the reference."""
-    _check(q, k, v, pad_count)
     use_triton = triton is not None and (q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
     D = q.shape[-1]
     if not use_triton or D < 16 or D & (D - 1):
+        _check(q, k, v, pad_count)
         return cross_attention_reference(q, k, v, pad_count)
-    return cross_attention_triton(q, k, v, pad_count)
+    return cross_attention_triton(q, k, v, pad_count)  # checks its inputs
 
 
 def cross_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pad_count: int = 0) -> torch.Tensor:

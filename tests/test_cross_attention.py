@@ -8,6 +8,7 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
 
 from _helpers import run_interpreted, wan_480p_inputs
 from kernels.cross_attention import cross_attention, cross_attention_reference
@@ -15,7 +16,6 @@ from turbo_batch.models import dit
 from turbo_batch.models.dit import TEXT_ROWS_BUCKET, DiTConfig, collapse_text_padding
 from turbo_batch.models.dit_checkpoints import random_dit
 from turbo_batch.models.text_encoder import without_padding
-from turbo_batch.pipeline import stack_padded
 
 
 def expanded(k: torch.Tensor, pad_count: int) -> torch.Tensor:
@@ -124,7 +124,7 @@ def test_the_pipeline_hands_the_dit_a_prompts_tokens_without_the_encoders_zero_r
     emb = torch.zeros(512, 8)
     emb[:7] = torch.randn(7, 8)
     assert without_padding(emb).shape == (7, 8) and without_padding(torch.zeros(16, 8)).shape == (1, 8)
-    batch = stack_padded([emb[:7], emb[:3]])
+    batch = pad_sequence([emb[:7], emb[:3]], batch_first=True)  # how the pipeline batches them
     assert batch.shape == (2, 7, 8) and torch.equal(batch[1, :3], emb[:3]) and not batch[1, 3:].any()
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
 from omegaconf import DictConfig
 
 from .config import load_config, resolve_runtime
@@ -65,12 +66,6 @@ def prepare_image(image: np.ndarray, width: int, height: int) -> torch.Tensor:
     x = F.interpolate(x, size=(rh, rw), mode="bilinear", align_corners=False, antialias=True)
     top, left = (rh - height) // 2, (rw - width) // 2
     return x[0, :, top:top + height, left:left + width].clamp(-1, 1)
-
-
-def stack_padded(contexts: list[torch.Tensor]) -> torch.Tensor:
-    """[B, max tokens, dim]: prompt embeddings of different lengths, zero-padded at the end as the encoder pads."""
-    n = max(c.shape[0] for c in contexts)
-    return torch.stack([F.pad(c, (0, 0, 0, n - c.shape[0])) for c in contexts])
 
 
 def batch_signature(job: RenderJob) -> tuple:
@@ -184,7 +179,8 @@ class Pipeline:
         timings: dict = {}
         self._sync()
         t0 = time.perf_counter()
-        context = stack_padded([self.encode_prompt(j.prompt) for j in jobs]).to(self.dtype)
+        # prompts of different lengths: zero rows at the end, as the encoder pads
+        context = pad_sequence([self.encode_prompt(j.prompt) for j in jobs], batch_first=True).to(self.dtype)
         self._sync()
         timings["text_s"] = time.perf_counter() - t0
 

@@ -22,8 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
-import torch.nn.functional as F
 from _timing import graph_median_ms
+from bench_cross_attention import sdpa
 from bench_forward import default_model, forward_inputs
 
 from kernels import cross_attention as ca
@@ -31,10 +31,6 @@ from turbo_batch.models import dit
 from turbo_batch.models.cuda_graph import GraphedForward
 
 CONFIGS = [(128, 8, 2), (128, 4, 2), (64, 4, 2), (64, 4, 3), (64, 8, 2)]
-
-
-def sdpa(q, k, v):
-    return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
 
 
 def use(cfg):
