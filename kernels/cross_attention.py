@@ -25,6 +25,7 @@ import math
 import os
 
 import torch
+import torch.nn.functional as F
 
 try:  # triton is a Linux-only dependency; CPU-only platforms use the reference
     import triton
@@ -34,6 +35,11 @@ except ImportError:  # pragma: no cover
 
 BLOCK_M, BLOCK_N = 128, 64
 NUM_WARPS, NUM_STAGES = 8, 2
+# "triton": the kernel below; "sdpa": PyTorch's SDPA (cuDNN on Hopper) with the pad weight as an additive bias
+# (`cross_attention_sdpa`). bench/experiments/cross_attention_sweep.py measures both.
+BACKEND = "triton"
+PAD_TERMS = 3  # the SDPA path spreads the pad key's weight over this many copies of it (`pad_weight_biases`)
+KEY_ALIGN = 8  # the SDPA path's key count is padded to a multiple of this with keys of zero weight
 
 
 def cross_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pad_count: int = 0) -> torch.Tensor:
@@ -59,13 +65,74 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pad_count: int) ->
 
 
 def cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pad_count: int = 0) -> torch.Tensor:
-    """(B, Lq, H, D) attention output; the Triton kernel on CUDA (or under TRITON_INTERPRET=1), else the reference."""
+    """(B, Lq, H, D) attention output; on CUDA the `BACKEND`'s (the Triton kernel also under TRITON_INTERPRET=1),
+    else the reference."""
+    if BACKEND == "sdpa" and q.is_cuda:
+        return cross_attention_sdpa(q, k, v, pad_count)
     use_triton = triton is not None and (q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
     D = q.shape[-1]
     if not use_triton or D < 16 or D & (D - 1):
         _check(q, k, v, pad_count)
         return cross_attention_reference(q, k, v, pad_count)
     return cross_attention_triton(q, k, v, pad_count)  # checks its inputs
+
+
+def pad_weight_biases(n: int, dtype: torch.dtype, terms: int = PAD_TERMS) -> list[float]:
+    """Logit offsets b_1..b_terms, each a value of `dtype`, with sum(exp(b_i)) = n to within ~1e-5 relative
+    (-inf for terms not needed).
+
+    Why: SDPA adds a bias of q's dtype, and ln n rounded to bf16 is off by up to 1.6%, which would reweigh the padding
+    by as much. Greedy instead: each offset the largest value of `dtype` whose exp fits in what remains of n, the
+    last rounded to nearest; each term shrinks the remainder by the dtype's relative step (2^-7 for bf16).
+    """
+    out, rest = [], float(n)
+    for i in range(terms):
+        if rest <= 0:
+            out.append(float("-inf"))
+            continue
+        near = torch.tensor([math.log(rest)], dtype=torch.float64).to(dtype)
+        if i < terms - 1:
+            bits = near.view(torch.int16) if near.element_size() == 2 else near.view(torch.int32)
+            cands = [float(near)] + [float((bits + d).view(dtype)) for d in (-1, 1)]
+            near_val = max(c for c in cands if math.exp(c) <= rest)
+        else:
+            near_val = float(near)
+        out.append(near_val)
+        rest -= math.exp(near_val)
+    return out
+
+
+_BIAS_CACHE: dict = {}
+
+
+def _pad_bias(keys: int, pad_count: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """[keys + PAD_TERMS - 1 rounded up to KEY_ALIGN] additive bias: 0 on the keys before the pad key, the
+    `pad_weight_biases` on the pad key's copies, -inf-like (dtype's min) on the alignment keys. Cached: built once
+    per shape, outside any CUDA-graph capture (the first forward is eager)."""
+    key = (keys, pad_count, dtype, device)
+    if key not in _BIAS_CACHE:
+        total = -(-(keys + PAD_TERMS - 1) // KEY_ALIGN) * KEY_ALIGN
+        bias = torch.full((total,), torch.finfo(dtype).min, dtype=torch.float64)
+        bias[: keys - 1] = 0.0
+        bias[keys - 1: keys - 1 + PAD_TERMS] = torch.tensor(pad_weight_biases(pad_count, dtype), dtype=torch.float64)
+        _BIAS_CACHE[key] = bias.clamp(min=torch.finfo(dtype).min).to(dtype).to(device)
+    return _BIAS_CACHE[key]
+
+
+def cross_attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pad_count: int = 0) -> torch.Tensor:
+    """`cross_attention` through `F.scaled_dot_product_attention` with an additive bias: the pad key (the last row)
+    copied PAD_TERMS times with the `pad_weight_biases` on their logits, the key count padded to KEY_ALIGN with
+    keys the bias removes (dtype's min: exp underflows to exactly 0)."""
+    _check(q, k, v, pad_count)
+    qt = q.transpose(1, 2)
+    if not pad_count:
+        return F.scaled_dot_product_attention(qt, k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+    S = k.shape[1]
+    bias = _pad_bias(S, pad_count, q.dtype, q.device)
+    extra = bias.shape[0] - S
+    k2, v2 = (torch.cat([t, t[:, -1:].expand(-1, extra, -1, -1)], dim=1).transpose(1, 2) for t in (k, v))
+    out = F.scaled_dot_product_attention(qt, k2, v2, attn_mask=bias.expand(q.shape[0], 1, 1, -1))
+    return out.transpose(1, 2)
 
 
 def cross_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pad_count: int = 0) -> torch.Tensor:

@@ -11,7 +11,10 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
 from _helpers import run_interpreted, wan_480p_inputs
-from kernels.cross_attention import cross_attention, cross_attention_reference
+import math
+
+from kernels import cross_attention as ca
+from kernels.cross_attention import cross_attention, cross_attention_reference, cross_attention_sdpa, pad_weight_biases
 from turbo_batch.models import dit
 from turbo_batch.models.dit import TEXT_ROWS_BUCKET, DiTConfig, collapse_text_padding
 from turbo_batch.models.dit_checkpoints import random_dit
@@ -47,6 +50,26 @@ def test_bad_shapes_and_counts_fail_with_the_shapes_named():
         cross_attention(q, torch.zeros(1, 4, 3, 16), torch.zeros(1, 4, 3, 16))
     with pytest.raises(ValueError, match="pad_count must be >= 0"):
         cross_attention(q, torch.zeros(1, 4, 2, 16), torch.zeros(1, 4, 2, 16), -1)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_the_pad_weight_splits_into_logit_offsets_representable_in_the_inputs_dtype(dtype):
+    """ln n rounded to bf16 is off by up to 1.6%; a few representable offsets whose exps sum to n are not."""
+    for n in range(1, 1025):
+        biases = pad_weight_biases(n, dtype)
+        finite = [b for b in biases if b != float("-inf")]
+        assert len(biases) == ca.PAD_TERMS and finite
+        assert all(float(torch.tensor(b, dtype=torch.float64).to(dtype)) == b for b in finite)
+        assert abs(sum(math.exp(b) for b in finite) - n) / n < 1e-5, (n, biases)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 5e-3)])
+def test_the_sdpa_backend_with_the_pad_bias_equals_attention_over_every_padding_row(dtype, tol):
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(2, 50, 3, 32, generator=g).to(dtype) for _ in range(3))
+    for pad in (0, 1, 447):
+        ref = cross_attention_reference(q.double(), k.double(), v.double(), pad)
+        assert rel(cross_attention_sdpa(q, k, v, pad), ref) < tol, pad
 
 
 INTERPRETED = textwrap.dedent(
@@ -134,9 +157,11 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize("backend", ["triton", "sdpa"])
 @pytest.mark.parametrize("rows,heads", [(64, 12), (128, 40), (256, 12)])
-def test_on_the_gpu_a_collapsed_context_matches_sdpa_over_all_512_rows(rows, heads):
+def test_on_the_gpu_a_collapsed_context_matches_sdpa_over_all_512_rows(rows, heads, backend, monkeypatch):
     """bf16 at the DiT's shapes (1.3B 480p: 32760 tokens; 14B heads), fresh random inputs; bits repeat."""
+    monkeypatch.setattr(ca, "BACKEND", backend)
     g = torch.Generator(device="cuda").manual_seed(rows)
     q = torch.randn(1, 32760, heads, 128, device="cuda", generator=g, dtype=torch.bfloat16)
     k, v = (torch.randn(1, rows + 1, heads, 128, device="cuda", generator=g, dtype=torch.bfloat16) for _ in range(2))
@@ -150,9 +175,12 @@ def test_on_the_gpu_a_collapsed_context_matches_sdpa_over_all_512_rows(rows, hea
 
 @pytest.mark.gpu
 @gpu
-def test_on_the_gpu_the_1_3b_dit_with_a_40_token_prompt_matches_the_prompt_padded_to_512_rows(collapse_on):
+@pytest.mark.parametrize("backend", ["triton", "sdpa"])
+def test_on_the_gpu_the_1_3b_dit_with_a_40_token_prompt_matches_the_prompt_padded_to_512_rows(collapse_on, backend,
+                                                                                               monkeypatch):
     """Real width and token count (480p, 81 frames), four blocks, bf16: the fused forward collapses the short
     prompt's padding; the padded context attends to all 512 rows through SDPA."""
+    monkeypatch.setattr(ca, "BACKEND", backend)
     cfg = DiTConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=4)
     m = random_dit(cfg, seed=0, device="cuda", dtype=torch.bfloat16, on_device=True).eval()
     x, t, ctx = wan_480p_inputs(prompt_tokens=40)

@@ -4,8 +4,11 @@
 
 1. Per call GPU time (CUDA-graph replays) of `kernels/cross_attention.py` at the 1.3B 480p and 14B 720p shapes for
    each (BLOCK_M, num_warps, num_stages), 64 / 128 / 256 prompt rows, against SDPA over 512 rows and over rows + 1.
-2. The 1.3B FP8 + SLA forward replayed from CUDA graphs with a `--prompt-tokens` prompt: padding collapsed (with the
-   fastest launch shape at 128 rows) against every 512 rows through SDPA (`dit.COLLAPSE_MAX_ROWS = 0`), interleaved.
+   Beside them, the SDPA backend of the same function (`cross_attention_sdpa`: the pad weight as an additive bf16
+   bias over PAD_TERMS copies of the pad key) under PyTorch's own dispatch and forced to cuDNN / memory-efficient.
+2. The 1.3B FP8 + SLA forward replayed from CUDA graphs with a `--prompt-tokens` prompt: padding collapsed (the
+   Triton kernel with the fastest launch shape at 128 rows; the SDPA backend) against every 512 rows through SDPA
+   (`dit.COLLAPSE_MAX_ROWS = 0`), interleaved.
 
 Written in session 18 after the default shape (128 x 64 tiles, 8 warps, 2 stages) measured 0.174 ms at 65 keys
 against 0.080 ms for SDPA over the same keys (H100); not yet run (the device's time ran out). Offline sm_90 compiles
@@ -22,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from _timing import graph_median_ms
 from bench_cross_attention import sdpa
 from bench_forward import default_model, forward_inputs
@@ -31,6 +35,24 @@ from turbo_batch.models import dit
 from turbo_batch.models.cuda_graph import GraphedForward
 
 CONFIGS = [(128, 8, 2), (128, 4, 2), (64, 4, 2), (64, 4, 3), (64, 8, 2)]
+SDPA_BACKENDS = {"sdpa": None, "cudnn": SDPBackend.CUDNN_ATTENTION, "mem-eff": SDPBackend.EFFICIENT_ATTENTION}
+
+
+def sdpa_line(q, k, v, pad, ref) -> str:
+    """The SDPA backend's time and error under each dispatch, or why a forced backend refused."""
+    parts = []
+    for name, backend in SDPA_BACKENDS.items():
+        def call():
+            if backend is None:
+                return ca.cross_attention_sdpa(q, k, v, pad)
+            with sdpa_kernel(backend):
+                return ca.cross_attention_sdpa(q, k, v, pad)
+        try:
+            err = ((call().float() - ref).norm() / ref.norm()).item()
+            parts.append(f"{name} {graph_median_ms(call):.4f} ({err:.1e})")
+        except RuntimeError as e:
+            parts.append(f"{name} failed: {str(e).splitlines()[0][:80]}")
+    return " | ".join(parts)
 
 
 def use(cfg):
@@ -59,8 +81,8 @@ def sweep() -> tuple:
                 if rows == 128:
                     at128[cfg] = ms
             print(f"  rows {rows}: SDPA rows+1 {graph_median_ms(lambda: sdpa(q, k, v)):.4f} | " + " | ".join(line))
+            print(f"  rows {rows}, SDPA with the pad bias: {sdpa_line(q, k, v, 512 - rows, ref)}")
         best = best or min(at128, key=at128.get)
-        del q, k_all, v_all
     return best
 
 
@@ -69,19 +91,22 @@ def forward_ab(cfg, prompt_tokens: int, rounds: int):
     c, x, ts, ctx = forward_inputs(prompt_tokens=prompt_tokens)
     model = default_model(c)
     variants = {}
-    for label, max_rows in (("all 512 rows (SDPA)", 0), (f"collapsed {cfg}", 256)):
-        dit.COLLAPSE_MAX_ROWS = max_rows
+    for label, max_rows, backend in (("all 512 rows (SDPA)", 0, "triton"), (f"collapsed, Triton {cfg}", 256, "triton"),
+                                     ("collapsed, SDPA + pad bias", 256, "sdpa")):
+        dit.COLLAPSE_MAX_ROWS, ca.BACKEND = max_rows, backend
         graphs = GraphedForward()
         with torch.no_grad():
             out = graphs(model, x, ts, ctx)
         variants[label] = (graphs, out.float())
-    dit.COLLAPSE_MAX_ROWS = 256
-    (a, ra), (b, rb) = variants.values()
-    print(f"\nforward outputs: rel. L2 {((rb - ra).norm() / ra.norm()).item():.2e}")
+    outs = [o for _, o in variants.values()]
+    for label, o in list(zip(variants, outs))[1:]:
+        print(f"\n{label} against all 512 rows: forward output rel. L2 {((o - outs[0]).norm() / outs[0].norm()).item():.2e}")
     times = {k: [] for k in variants}
     with torch.no_grad():
         for _ in range(rounds):
             for label, (graphs, _) in variants.items():
+                dit.COLLAPSE_MAX_ROWS, ca.BACKEND = (0, "triton") if label.startswith("all") else \
+                    (256, "sdpa" if "SDPA" in label else "triton")
                 for _ in range(2):
                     graphs(model, x, ts, ctx)
                 torch.cuda.synchronize()
