@@ -9,15 +9,17 @@ and o. `WanDiT` builds such a context (`collapse_text_padding`) on its fused pat
 `cross_attention(q, k, v, pad_count)`: q (B, Lq, H, D), k and v (B, S, H, D); the last key row stands for `pad_count`
 identical keys (`pad_count` 0: every row is one key, as in plain SDPA). The Triton kernel follows Triton's
 fused-attention tutorial (online softmax in exp2, fp32 statistics and accumulator, P rounded to the inputs' dtype for
-the P V MMA), one program per 128 queries of one head looping over the keys in 64-key blocks, the pad key's
-ln(pad_count) added in fp32. Deterministic: a fixed launch configuration, no atomics.
+the P V MMA), one program per 64 queries of one head looping over the keys in 64-key blocks, the pad key's
+ln(pad_count) added in fp32. Deterministic: a fixed launch configuration, no atomics. `BACKEND = "sdpa"` runs the
+same function through PyTorch's SDPA instead, the pad weight split into bf16 logit offsets (`cross_attention_sdpa`).
 
-Status (H100, session 18, `bench/bench_cross_attention.py`): exact to 4.8e-4 against the float32 reference (SDPA
-over the 512 expanded rows: 2.8e-3), but at 0.174 ms for 65 keys at the 1.3B 480p shape it is barely faster than
-cuDNN's SDPA over all 512 rows (0.183 ms) and 2.2x slower than SDPA over the same 65 keys (0.080 ms): 180 registers
-x 8 warps leave one program an SM, so each program's load -> MMA -> store chain runs unhidden. The DiT therefore
-leaves the collapse off (`dit.COLLAPSE_MAX_ROWS`) until a launch shape closes that gap
-(`bench/experiments/cross_attention_sweep.py`).
+Status (H100, session 19, `bench/experiments/cross_attention_sweep.py`): exact to 4.8e-4 against the float32
+reference (SDPA over the 512 expanded rows: 2.8e-3). 64 x 64 tiles, 4 warps, 2 stages (187 registers, two programs
+an SM) is the fastest launch shape at every size measured: at the 1.3B 480p shape 0.126 ms at 64 rows, 0.155 at 128,
+0.213 at 256, against 0.185 ms for cuDNN's SDPA over all 512 rows (session 18's 128 x 64 x 8 warps: 0.179 / 0.204 /
+0.260); the SDPA backend 0.112 / 0.173 / 0.239 (cuDNN with a bias; without one, over the same keys, 0.080). Inside
+the FP8 + SLA forward with a 100-token prompt that is 147.3 ms against 148.0 ms (0.5%), so the DiT leaves the
+collapse off (`dit.COLLAPSE_MAX_ROWS`): each prompt bucket would also be one more CUDA graph to capture and hold.
 """
 from __future__ import annotations
 
@@ -33,8 +35,8 @@ try:  # triton is a Linux-only dependency; CPU-only platforms use the reference
 except ImportError:  # pragma: no cover
     triton = None
 
-BLOCK_M, BLOCK_N = 128, 64
-NUM_WARPS, NUM_STAGES = 8, 2
+BLOCK_M, BLOCK_N = 64, 64
+NUM_WARPS, NUM_STAGES = 4, 2
 # "triton": the kernel below; "sdpa": PyTorch's SDPA (cuDNN on Hopper) with the pad weight as an additive bias
 # (`cross_attention_sdpa`). bench/experiments/cross_attention_sweep.py measures both.
 BACKEND = "triton"

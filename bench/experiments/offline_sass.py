@@ -55,8 +55,8 @@ KERNELS = {  # name: (kernel, constexprs, launch options, pointer dtypes other t
                      dict(num_warps=4, enable_fp_fusion=False),
                      dict(w_ptr="*fp32", cos_ptr="*fp32", sin_ptr="*fp32")),
     # the cross-attention over a collapsed text context (kernels/cross_attention.py)
-    "cross-attention": (cross_attention._cross_attention_kernel, dict(HAS_PAD=True, D=128, BLOCK_M=128, BLOCK_N=64),
-                        dict(num_warps=8, num_stages=2), dict(S="i32", log2_pad="fp32")),
+    "cross-attention": (cross_attention._cross_attention_kernel, dict(HAS_PAD=True, D=128, BLOCK_M=64, BLOCK_N=64),
+                        dict(num_warps=4, num_stages=2), dict(S="i32", log2_pad="fp32")),
 }
 ROW_LENGTHS = ("C", "HD")  # 16-divisible at the DiT's widths: the JIT specialises them, so the loads vectorise
 FLOAT_SCALARS = ("qk_scale", "eps_over_len", "inv_len", "eps")
