@@ -18,8 +18,8 @@ reference (SDPA over the 512 expanded rows: 2.8e-3). 64 x 64 tiles, 4 warps, 2 s
 an SM) is the fastest launch shape at every size measured: at the 1.3B 480p shape 0.126 ms at 64 rows, 0.155 at 128,
 0.213 at 256, against 0.185 ms for cuDNN's SDPA over all 512 rows (session 18's 128 x 64 x 8 warps: 0.179 / 0.204 /
 0.260); the SDPA backend 0.112 / 0.173 / 0.239 (cuDNN with a bias; without one, over the same keys, 0.080). Inside
-the FP8 + SLA forward with a 100-token prompt that is 147.3 ms against 148.0 ms (0.5%), so the DiT leaves the
-collapse off (`dit.COLLAPSE_MAX_ROWS`): each prompt bucket would also be one more CUDA graph to capture and hold.
+the FP8 + SLA forward through graphs: 142.5 ms against 145.0 ms with a 40-token prompt (1.7%), 147.3 against 148.0 ms
+with a 100-token one; the DiT still leaves the collapse off (`dit.COLLAPSE_MAX_ROWS` says why).
 """
 from __future__ import annotations
 

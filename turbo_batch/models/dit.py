@@ -304,10 +304,11 @@ class SelfAttention(nn.Module):
 
 
 TEXT_ROWS_BUCKET = 64  # a context's rows are padded to a multiple of this, so few shapes (and CUDA graphs) arise
-# Contexts of more rows attend to all text_len rows through SDPA. 0, so off: on an H100 the collapse is exact and its
-# kernel beats cuDNN's SDPA over all 512 rows up to 128 rows (0.126 vs 0.185 ms at 64 rows, 0.155 at 128, 1.3B 480p),
-# but the FP8 + SLA forward with a 100-token prompt gains 0.5% (147.3 vs 148.0 ms,
-# bench/experiments/cross_attention_sweep.py), less than one more CUDA graph per prompt bucket costs to capture and hold.
+# Contexts of more rows attend to all text_len rows through SDPA. 0, so off. Measured on an H100 (1.3B 480p FP8 + SLA
+# forward through graphs, bench/experiments/cross_attention_sweep.py): a 40-token prompt 142.5 vs 145.0 ms (1.7%), a
+# 100-token one 147.3 vs 148.0 ms; as accurate as the 512 rows (bench/experiments/collapse_error.py). Before it can be
+# on, the renderer must batch rows by text bucket too: a batch collapses to its longest prompt's bucket, so a row's
+# bits would depend on the prompts it was batched with.
 COLLAPSE_MAX_ROWS = 0
 
 
