@@ -187,3 +187,24 @@ def test_on_the_gpu_the_1_3b_dit_with_a_40_token_prompt_matches_the_prompt_padde
     with torch.no_grad():
         short, padded = m(x, t, ctx), m(x, t, F.pad(ctx, (0, 0, 0, 472)))
     assert rel(short, padded) < 1e-2 and torch.equal(short, m(x, t, ctx))
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("backend", ["triton", "sdpa"])
+def test_on_the_gpu_a_collapsed_row_is_bit_identical_alone_or_batched_with_prompts_of_its_bucket(collapse_on, backend,
+                                                                                                 monkeypatch):
+    """What the renderer relies on to turn the collapse on (it batches rows of one `text_rows` bucket): prompts of
+    20, 45 and 60 tokens batched as the pipeline pads them, each against itself alone; bf16, fused path."""
+    monkeypatch.setattr(ca, "BACKEND", backend)
+    cfg = DiTConfig(dim=512, ffn_dim=1024, num_heads=4, num_layers=2, text_dim=256, text_len=512)
+    m = random_dit(cfg, seed=5, device="cuda", dtype=torch.bfloat16, on_device=True).eval()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, cfg.in_dim, 5, 30, 52, generator=g).cuda()
+    t = torch.tensor([999.0, 500.0, 20.0]).cuda()
+    prompts = [torch.randn(n, cfg.text_dim, generator=g).cuda() for n in (20, 45, 60)]
+    assert len({dit.text_rows(len(p), cfg.text_len) for p in prompts}) == 1
+    with torch.no_grad():
+        batched = m(x, t, pad_sequence(prompts, batch_first=True))
+        for i, p in enumerate(prompts):
+            assert torch.equal(m(x[i:i + 1], t[i:i + 1], p[None])[0], batched[i]), f"row {i}"

@@ -4,6 +4,7 @@ import pytest
 
 from turbo_batch.config import load_config
 from turbo_batch.demo import demo_image
+from turbo_batch.models import dit
 from turbo_batch.params import resolve_params
 from turbo_batch.pipeline import Pipeline, RenderJob, frames_sha256, prepare_image
 
@@ -53,6 +54,27 @@ def test_a_batch_of_three_equals_three_singles_bit_for_bit(t2v):
     singles = [t2v.render(j) for j in jobs]
     assert [o.frames_sha256 for o in batched] == [o.frames_sha256 for o in singles]
     assert len({o.frames_sha256 for o in singles}) == 3
+
+
+def test_with_collapsed_text_padding_a_batch_renders_as_one_batch_per_prompt_bucket(monkeypatch):
+    """A batch's text padding collapses to its longest prompt's bucket (`dit.text_rows`), so `render_batch` renders
+    one sub-batch per bucket, in the rows' order: a row then meets only rows of its own bucket, whose batch its
+    bits do not depend on where the kernels are batch-invariant (the GPU's; on CPU, BLAS picks paths by shape).
+    The DiT's fused path is forced on CPU, torch references standing in for the kernels; 4-row buckets."""
+    monkeypatch.setattr(dit, "COLLAPSE_MAX_ROWS", 256)
+    monkeypatch.setattr(dit, "TEXT_ROWS_BUCKET", 4)
+    pipe = Pipeline("tiny-t2v", CFG)
+    for model in pipe.models.experts.values():
+        model.use_fused = lambda x, dtype: True
+    medium = "a red ceramic mug on a table"  # 8 tokens: bucket 8 of the tiny model's 16 rows; "a mug": 3, bucket 4
+    jobs = [job(prompt="a mug", seed=1), job(prompt=medium, seed=2), job(prompt="a bag", seed=3)]
+    buckets = [dit.text_rows(len(pipe.encode_prompt(j.prompt)), pipe._text_len) for j in jobs]
+    assert buckets == [4, 8, 4]
+    batched = pipe.render_batch(jobs)
+    assert [o.timings["batch"] for o in batched] == [2, 1, 2]
+    short = pipe.render_batch([jobs[0], jobs[2]])
+    assert [o.frames_sha256 for o in batched] == [short[0].frames_sha256, pipe.render(jobs[1]).frames_sha256,
+                                                  short[1].frames_sha256]
 
 
 def test_render_many_batches_only_rows_with_equal_parameters():

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from .config import load_config, resolve_runtime
 from .models.cuda_graph import GraphedForward
+from .models.dit import text_rows
 from .models.text_encoder import without_padding
 from .params import RenderParams, preset_for
 from .sampling import NoiseStream, flow_sample, flow_sigmas, iter_expert_names, rcm_rf_times, rcm_sample
@@ -91,6 +92,7 @@ class Pipeline:
         self.load_seconds = time.perf_counter() - t0
         self.expert_names = tuple(self.preset.experts)
         self._prompt_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._text_len = next(iter(self.models.experts.values())).cfg.text_len
         self._resident = self._decide_residency()
         # graphs bake in the weights' addresses, so they run only while every expert stays on the GPU
         self._graphs = GraphedForward() if self.runtime.get("cuda_graph") and self._resident else None
@@ -179,8 +181,12 @@ class Pipeline:
         timings: dict = {}
         self._sync()
         t0 = time.perf_counter()
+        prompts = [self.encode_prompt(j.prompt) for j in jobs]
+        buckets = [text_rows(len(e), self._text_len) for e in prompts]
+        if len(set(buckets)) > 1:
+            return self._render_by_text_bucket(jobs, buckets)
         # prompts of different lengths: zero rows at the end, as the encoder pads
-        context = pad_sequence([self.encode_prompt(j.prompt) for j in jobs], batch_first=True).to(self.dtype)
+        context = pad_sequence(prompts, batch_first=True).to(self.dtype)
         self._sync()
         timings["text_s"] = time.perf_counter() - t0
 
@@ -235,6 +241,17 @@ class Pipeline:
         share = 1.0 / len(jobs)
         return [RenderOutput(f, {k: (v if isinstance(v, list) else v * share) for k, v in timings.items()} | {"batch": len(jobs)})
                 for f in frames]
+
+    def _render_by_text_bucket(self, jobs: list[RenderJob], buckets: list[int]) -> list[RenderOutput]:
+        """`render_batch` one sub-batch per text bucket (`dit.text_rows`), results in the rows' order: the DiT
+        collapses a batch's text padding to its longest prompt's bucket, so a row keeps the bits it has alone only
+        among rows of its own bucket."""
+        out: list[RenderOutput | None] = [None] * len(jobs)
+        for bucket in dict.fromkeys(buckets):
+            idxs = [i for i, b in enumerate(buckets) if b == bucket]
+            for i, o in zip(idxs, self.render_batch([jobs[i] for i in idxs])):
+                out[i] = o
+        return out  # type: ignore[return-value]
 
     def render(self, job: RenderJob) -> RenderOutput:
         return self.render_batch([job])[0]

@@ -306,10 +306,19 @@ class SelfAttention(nn.Module):
 TEXT_ROWS_BUCKET = 64  # a context's rows are padded to a multiple of this, so few shapes (and CUDA graphs) arise
 # Contexts of more rows attend to all text_len rows through SDPA. 0, so off. Measured on an H100 (1.3B 480p FP8 + SLA
 # forward through graphs, bench/experiments/cross_attention_sweep.py): a 40-token prompt 142.5 vs 145.0 ms (1.7%), a
-# 100-token one 147.3 vs 148.0 ms; as accurate as the 512 rows (bench/experiments/collapse_error.py). Before it can be
-# on, the renderer must batch rows by text bucket too: a batch collapses to its longest prompt's bucket, so a row's
-# bits would depend on the prompts it was batched with.
+# 100-token one 147.3 vs 148.0 ms; as accurate as the 512 rows (bench/experiments/collapse_error.py). The renderer
+# keeps a row's bits independent of its batch by splitting batches by `text_rows`; what is missing before it is on is
+# a GPU run of the batch-invariance tests with it on.
 COLLAPSE_MAX_ROWS = 0
+
+
+def text_rows(tokens: int, text_len: int) -> int:
+    """How many of a `tokens`-token prompt's rows the DiT attends to before the collapsed padding row: its
+    TEXT_ROWS_BUCKET bucket where `collapse_text_padding` collapses, else all text_len rows. A batch collapses to its
+    longest prompt's bucket, so only rows of one bucket share a batch with the bits they get alone
+    (`Pipeline.render_batch` splits by it)."""
+    rows = min(text_len, -(-max(tokens, 1) // TEXT_ROWS_BUCKET) * TEXT_ROWS_BUCKET)
+    return text_len if rows >= text_len or rows > COLLAPSE_MAX_ROWS else rows
 
 
 def collapse_text_padding(context: torch.Tensor, text_len: int) -> tuple[torch.Tensor, int]:
@@ -321,8 +330,8 @@ def collapse_text_padding(context: torch.Tensor, text_len: int) -> tuple[torch.T
     (kernels/cross_attention.py). A 50-token prompt then costs 65 keys instead of 512.
     """
     L = context.shape[1]
-    rows = min(text_len, -(-max(L, 1) // TEXT_ROWS_BUCKET) * TEXT_ROWS_BUCKET)
-    if rows >= text_len or rows > COLLAPSE_MAX_ROWS:
+    rows = text_rows(L, text_len)
+    if rows == text_len:
         return F.pad(context, (0, 0, 0, text_len - L)), 0
     return F.pad(context, (0, 0, 0, rows + 1 - L)), text_len - rows
 
