@@ -26,6 +26,9 @@ for s in "$@"; do
     norms14) step norms14 170 python bench/bench_norms.py --shapes 1.3b,14b --budget-s 140 ;;
     attention) step attention 240 python bench/bench_attention.py ;;
     cross) step cross 150 python bench/bench_cross_attention.py ;;
+    cross-sweep) step cross-sweep 200 python bench/experiments/cross_attention_sweep.py --prompt-tokens 40 --rounds 6 ;;
+    collapse-error) step collapse-error 150 python bench/experiments/collapse_error.py --prompt-tokens 40 ;;
+    tests-collapse) step tests-collapse 150 python -m pytest -q -m gpu --no-header -p no:cacheprovider tests/test_cross_attention.py tests/test_pipeline.py ;;
     forward-prompt) step forward-prompt 240 python bench/bench_forward.py --variants fp8+sla,fp8+sla+graph --no-diffusers --prompt-tokens 100 ;;
     pipeline) step pipeline 300 python bench/bench_pipeline.py --attention sla --quant fp8 --json "$OUT/pipeline.json" ;;
     pipeline-dense) step pipeline-dense 300 python bench/bench_pipeline.py --attention dense --quant none --json "$OUT/pipeline_dense.json" ;;
