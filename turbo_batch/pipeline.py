@@ -183,8 +183,8 @@ class Pipeline:
         t0 = time.perf_counter()
         prompts = [self.encode_prompt(j.prompt) for j in jobs]
         buckets = [text_rows(len(e), self._text_len) for e in prompts]
-        if len(set(buckets)) > 1:
-            return self._render_by_text_bucket(jobs, buckets)
+        if len(set(buckets)) > 1:  # the DiT collapses a batch's padding to its longest prompt's bucket (dit.text_rows):
+            return self._render_grouped(jobs, buckets)  # a row keeps its bits alone only among rows of its bucket
         # prompts of different lengths: zero rows at the end, as the encoder pads
         context = pad_sequence(prompts, batch_first=True).to(self.dtype)
         self._sync()
@@ -242,15 +242,18 @@ class Pipeline:
         return [RenderOutput(f, {k: (v if isinstance(v, list) else v * share) for k, v in timings.items()} | {"batch": len(jobs)})
                 for f in frames]
 
-    def _render_by_text_bucket(self, jobs: list[RenderJob], buckets: list[int]) -> list[RenderOutput]:
-        """`render_batch` one sub-batch per text bucket (`dit.text_rows`), results in the rows' order: the DiT
-        collapses a batch's text padding to its longest prompt's bucket, so a row keeps the bits it has alone only
-        among rows of its own bucket."""
+    def _render_grouped(self, jobs: list[RenderJob], keys: list, size: int | None = None) -> list[RenderOutput]:
+        """`render_batch` the rows of each key together (at most `size` a batch), results in the rows' order."""
         out: list[RenderOutput | None] = [None] * len(jobs)
-        for bucket in dict.fromkeys(buckets):
-            idxs = [i for i, b in enumerate(buckets) if b == bucket]
-            for i, o in zip(idxs, self.render_batch([jobs[i] for i in idxs])):
-                out[i] = o
+        groups: dict = {}
+        for i, key in enumerate(keys):
+            groups.setdefault(key, []).append(i)
+        for idxs in groups.values():
+            step = size or len(idxs)
+            for k in range(0, len(idxs), step):
+                chunk = idxs[k:k + step]
+                for i, o in zip(chunk, self.render_batch([jobs[i] for i in chunk])):
+                    out[i] = o
         return out  # type: ignore[return-value]
 
     def render(self, job: RenderJob) -> RenderOutput:
@@ -259,13 +262,4 @@ class Pipeline:
     def render_many(self, jobs: list[RenderJob]) -> list[RenderOutput]:
         """Render rows in order, batching rows with equal signatures up to `runtime.batch_size`."""
         size = max(1, int(self.runtime.get("batch_size", 1)))
-        out: list[RenderOutput | None] = [None] * len(jobs)
-        groups: dict[tuple, list[int]] = {}
-        for i, j in enumerate(jobs):
-            groups.setdefault(batch_signature(j), []).append(i)
-        for idxs in groups.values():
-            for k in range(0, len(idxs), size):
-                chunk = idxs[k:k + size]
-                for i, o in zip(chunk, self.render_batch([jobs[i] for i in chunk])):
-                    out[i] = o
-        return out  # type: ignore[return-value]
+        return self._render_grouped(jobs, [batch_signature(j) for j in jobs], size)
