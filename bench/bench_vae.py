@@ -3,7 +3,8 @@
 Real-size VAE (base_dim 96), random bf16 weights (speed does not depend on their values). diffusers' model
 holds the SAME weight tensors (ours renamed by `to_diffusers_state_dict`), so agreement is checked first
 (relative L2 of the decoded video), then each decode is timed with CUDA events (warmup 1, median of 3) with
-its peak memory. Our model is timed in its default channels-last layout and in plain NCDHW. cuDNN autotuning
+its peak memory. Our model is timed in its default channels-last layout, with its norms as torch ops instead of
+the fused kernel (kernels/vae_norm.py), and in plain NCDHW. cuDNN autotuning
 stays off (heuristic algorithm choice is deterministic). Run from the repository root:
 
     python bench/bench_vae.py                 # 480p, 81 frames: latent [1,16,21,60,104]
@@ -22,6 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _timing import cuda_median_ms  # noqa: E402 (bench/ is on sys.path when a script runs)
+from kernels import vae_norm  # noqa: E402
 from turbo_batch.models.vae import LATENT_MEAN, LATENT_STD, VAEConfig, WanVAE, random_vae, to_diffusers_state_dict  # noqa: E402
 
 RESOLUTIONS = {"480p": (832, 480), "720p": (1280, 720)}  # (width, height), 16:9
@@ -58,6 +60,25 @@ def profile(fn, rows: int = 20) -> None:
     print(p.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=90))
 
 
+def bench_norms(dev) -> None:
+    """The decoder's RMS norm + SiLU at each width, one decode chunk's shape (4 frames written into a buffer with 2
+    frames of time padding): the fused kernel against the four torch ops it replaces."""
+    from triton.testing import do_bench
+
+    print("RMS norm + SiLU, one chunk, bf16 channels-last (ms; GB/s counts one read and one write)")
+    for c, (h, w) in ((96, (480, 832)), (192, (240, 416)), (384, (120, 208))):
+        x = torch.randn(1, c, 4, h, w, device=dev).bfloat16().contiguous(memory_format=torch.channels_last_3d)
+        gamma = torch.rand(c, 1, 1, 1, device=dev).bfloat16()
+        buf = torch.empty(1, c, 6, h, w, device=dev, dtype=torch.bfloat16).contiguous(
+            memory_format=torch.channels_last_3d)
+        out = buf[:, :, 2:]
+        ms = {name: do_bench(lambda f=f: f(x, gamma, True, out), warmup=10, rep=100)
+              for name, f in (("kernel", vae_norm.rms_norm_silu_triton), ("torch", vae_norm.rms_norm_silu_ref))}
+        gbs = 2 * x.numel() * 2 / ms["kernel"] / 1e6
+        print(f"  C={c:3} {h}x{w}: kernel {ms['kernel']:.3f} ms ({gbs:.0f} GB/s), torch {ms['torch']:.3f} ms, "
+              f"{ms['torch'] / ms['kernel']:.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--res", choices=["480p", "720p", "both"], default="480p")
@@ -67,6 +88,7 @@ def main() -> None:
     ap.add_argument("--encode", action="store_true", help="also time encode (ours vs diffusers)")
     ap.add_argument("--no-diffusers", action="store_true", help="time only our model")
     ap.add_argument("--profile", action="store_true", help="print the top CUDA kernels of one decode of ours")
+    ap.add_argument("--norms", action="store_true", help="also time the norm kernel alone against torch")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_vae.py needs a CUDA GPU")
@@ -78,6 +100,8 @@ def main() -> None:
     ours = random_vae(VAEConfig(), seed=0, device=dev, dtype=torch.bfloat16, on_device=True)
     twin = None if args.no_diffusers else diffusers_twin(ours)
     print(f"models ready in {time.time() - t0:.1f} s")
+    if args.norms:
+        bench_norms(dev)
     mean = torch.tensor(LATENT_MEAN, device=dev).view(1, -1, 1, 1, 1)
     std = torch.tensor(LATENT_STD, device=dev).view(1, -1, 1, 1, 1)
 
@@ -110,6 +134,10 @@ def main() -> None:
         rows.append((res, "decode", "ours (channels-last)", shape, ms, gib, err))
         if args.profile:
             profile(ours_decode)
+        vae_norm.USE_TRITON = False
+        ms, gib = time_ms(ours_decode, args.warmup, args.iters)
+        rows.append((res, "decode", "ours (torch norms)", shape, ms, gib, err))
+        vae_norm.USE_TRITON = True
         ours.channels_last = False
         ms, gib = time_ms(ours_decode, args.warmup, args.iters)
         rows.append((res, "decode", "ours (NCDHW)", shape, ms, gib, err))

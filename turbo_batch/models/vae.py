@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels.vae_norm import rms_norm_silu
+
 from .checkpoints import load_strict, materialize_, random_init_, read_state_dict
 
 # Per-channel latent statistics of the Wan2.1 VAE (z_dim 16): z = (mu - mean) / std.
@@ -121,26 +123,18 @@ class RMS_norm(nn.Module):
     """x / ||x||_channels * sqrt(C) * gamma (the official RMS_norm; bias is never used by the VAE).
 
     The norm is reduced and applied in fp32 without materialising an fp32 copy of x; the result (optionally
-    followed by SiLU, in place) is written in x's dtype into `out`, a slice of the next conv's padded buffer.
+    followed by SiLU) is written in x's dtype into `out`, a slice of the next conv's padded buffer, by one
+    Triton kernel on channels-last CUDA tensors (kernels/vae_norm.py; torch ops elsewhere).
     """
 
     def __init__(self, dim: int, channel_first: bool = True, images: bool = True, bias: bool = False):
         super().__init__()
         if not channel_first or bias:
             raise ValueError("the Wan VAE only uses channel-first RMS_norm without bias")
-        self.scale = dim ** 0.5
         self.gamma = nn.Parameter(torch.ones((dim, 1, 1) if images else (dim, 1, 1, 1)))
 
     def forward(self, x: torch.Tensor, silu: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
-        norm = torch.linalg.vector_norm(x, dim=1, keepdim=True, dtype=torch.float32)
-        inv = self.scale / norm.clamp_min_(1e-12)
-        if out is None:
-            out = torch.empty_like(x)
-        torch.mul(x, inv, out=out)  # computed in fp32, rounded once to x's dtype
-        out.mul_(self.gamma.to(x.dtype))
-        if silu:
-            F.silu(out, inplace=True)
-        return out
+        return rms_norm_silu(x, self.gamma, silu, out)  # one fused pass on channels-last CUDA tensors
 
 
 class Upsample(nn.Upsample):
