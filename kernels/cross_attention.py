@@ -19,7 +19,7 @@ an SM) is the fastest launch shape at every size measured: at the 1.3B 480p shap
 0.213 at 256, against 0.185 ms for cuDNN's SDPA over all 512 rows (session 18's 128 x 64 x 8 warps: 0.179 / 0.204 /
 0.260); the SDPA backend 0.112 / 0.173 / 0.239 (cuDNN with a bias; without one, over the same keys, 0.080). Inside
 the FP8 + SLA forward through graphs: 142.5 ms against 145.0 ms with a 40-token prompt (1.7%), 147.3 against 148.0 ms
-with a 100-token one; the DiT still leaves the collapse off (`dit.COLLAPSE_MAX_ROWS` says why).
+with a 100-token one. The DiT collapses prompts of up to `dit.COLLAPSE_MAX_ROWS` (128) tokens.
 """
 from __future__ import annotations
 

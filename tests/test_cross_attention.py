@@ -105,12 +105,15 @@ def test_the_triton_kernel_in_interpreter_mode_equals_attention_over_every_paddi
 
 @pytest.fixture
 def collapse_on(monkeypatch):
-    """The collapse for contexts of up to 256 rows (off by default: dit.COLLAPSE_MAX_ROWS)."""
+    """The collapse for contexts of up to 256 rows (the default, dit.COLLAPSE_MAX_ROWS, is 128)."""
     monkeypatch.setattr(dit, "COLLAPSE_MAX_ROWS", 256)
 
 
-def test_by_default_every_context_is_padded_to_text_len():
-    rows, pad = collapse_text_padding(torch.randn(1, 50, 8), 512)
+def test_by_default_prompts_of_up_to_128_tokens_collapse_and_longer_ones_keep_every_row():
+    for tokens, kept in ((50, 64), (64, 64), (65, 128), (128, 128)):
+        rows, pad = collapse_text_padding(torch.randn(1, tokens, 8), 512)
+        assert rows.shape == (1, kept + 1, 8) and pad == 512 - kept
+    rows, pad = collapse_text_padding(torch.randn(1, 129, 8), 512)
     assert rows.shape == (1, 512, 8) and pad == 0
 
 

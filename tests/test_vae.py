@@ -1,5 +1,6 @@
 """The Wan2.1 causal 3D VAE: shapes, causality, batch independence, meta construction, strict official-layout
 checkpoints. Tiny config (base_dim 8, one res block, float32) on CPU; GPU checks at the end."""
+import os
 from pathlib import Path
 
 import pytest
@@ -194,6 +195,18 @@ def test_channels_last_layout_computes_the_same_as_ncdhw(tiny_cfg):
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
+def test_the_vae_asks_cudnn_for_its_mode_b_kernel_heuristic_unless_the_user_chose_otherwise():
+    """Set before any conv runs (PyTorch reads it once): a deterministic choice of faster sm90 conv kernels."""
+    import subprocess
+    import sys
+
+    code = "import os, turbo_batch.models.vae; print(os.environ['TORCH_CUDNN_USE_HEURISTIC_MODE_B'])"
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_CUDNN_USE_HEURISTIC_MODE_B"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip() == "1"
+    env["TORCH_CUDNN_USE_HEURISTIC_MODE_B"] = "0"
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip() == "0"
+
+
 def test_official_layout_checkpoint_round_trip_gives_identical_outputs(vae, tiny_cfg, tmp_path):
     path = tmp_path / "Wan2.1_VAE.pth"
     save_wan_vae(vae, path)

@@ -19,7 +19,8 @@ once for q/k/v (and for the cross k/v) and run the FFN hidden activation through
 modulated LayerNorms in front of FP8 q/k/v and an FP8 FFN write the per-token fp8 rows directly
 (`layernorm_modulate_fp8`: the same bits as modulating to bf16 and then quantizing, without the bf16 round trip).
 A short prompt's cross-attention can attend to its tokens plus one key standing for all its zero padding rows
-(`collapse_text_padding`; exact up to summation order) instead of 512 rows; off by default (`COLLAPSE_MAX_ROWS`).
+(`collapse_text_padding`; exact up to summation order) instead of 512 rows, for prompts of up to
+`COLLAPSE_MAX_ROWS` tokens.
 Every kernel rounds where the torch path rounds, so the two agree within bf16 rounding; the torch path (CPU,
 float32, `fused = False`) is the specification.
 """
@@ -304,12 +305,12 @@ class SelfAttention(nn.Module):
 
 
 TEXT_ROWS_BUCKET = 64  # a context's rows are padded to a multiple of this, so few shapes (and CUDA graphs) arise
-# Contexts of more rows attend to all text_len rows through SDPA. 0, so off. Measured on an H100 (1.3B 480p FP8 + SLA
-# forward through graphs, bench/experiments/cross_attention_sweep.py): a 40-token prompt 142.5 vs 145.0 ms (1.7%), a
-# 100-token one 147.3 vs 148.0 ms; as accurate as the 512 rows (bench/experiments/collapse_error.py). The renderer
-# keeps a row's bits independent of its batch by splitting batches by `text_rows`; what is missing before it is on is
-# a GPU run of the batch-invariance tests with it on.
-COLLAPSE_MAX_ROWS = 0
+# Contexts of more rows attend to all text_len rows through SDPA. Measured on an H100 (1.3B 480p FP8 + SLA forward
+# through graphs, bench/experiments/cross_attention_sweep.py): a 40-token prompt 142.5 vs 145.0 ms (1.7%), a 100-token
+# one 147.3 vs 148.0 ms; at 256 rows the kernel (0.213 ms) no longer beats cuDNN over 512 rows (0.185), hence 128.
+# As accurate as the 512 rows (bench/experiments/collapse_error.py). The renderer keeps a row's bits independent of
+# its batch by splitting batches by `text_rows` (GPU test: tests/test_cross_attention.py, session 20).
+COLLAPSE_MAX_ROWS = 128
 
 
 def text_rows(tokens: int, text_len: int) -> int:

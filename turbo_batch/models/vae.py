@@ -11,12 +11,14 @@ the module, so concurrent or interrupted calls cannot leak state into each other
 run on its own, so a clip's pixels never depend on what it was batched with.
 
 Speed (GPU): activations stay in channels-last layout (NDHWC) so cuDNN runs its native kernels without layout
-transposes, the RMS norm + SiLU writes straight into the time-padded buffer the next conv reads (no cat, no pad
-copy; spatial padding is done inside the conv), and nothing is upcast to fp32 except the norm's reduction.
+transposes, the RMS norm + SiLU is one Triton pass (kernels/vae_norm.py) that writes straight into the time-padded
+buffer the next conv reads (no cat, no pad copy; spatial padding is done inside the conv), cuDNN picks its conv
+kernels by its more thorough heuristic (mode B, below), and nothing is upcast to fp32 except the norm's reduction.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,13 @@ from torch import nn
 from kernels.vae_norm import rms_norm_silu
 
 from .checkpoints import load_strict, materialize_, random_init_, read_state_dict
+
+# cuDNN's "mode B" heuristic for picking conv kernels (PyTorch reads this once, at the first cuDNN conv of the
+# process). Its default ("instant") heuristic runs the full-resolution 96-channel convs on an sm80 256x32 tile
+# (35% of a 480p decode on an H100); mode B picks sm90 128x128 kernels: decode 1146 -> 985 ms (bench/bench_vae.py,
+# session 20). Still a heuristic, not a timing, so the kernel and the bits are a function of the shape and device:
+# frames repeat across processes. A user's own setting wins.
+os.environ.setdefault("TORCH_CUDNN_USE_HEURISTIC_MODE_B", "1")
 
 # Per-channel latent statistics of the Wan2.1 VAE (z_dim 16): z = (mu - mean) / std.
 LATENT_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
