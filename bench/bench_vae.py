@@ -3,8 +3,8 @@
 Real-size VAE (base_dim 96), random bf16 weights (speed does not depend on their values). diffusers' model
 holds the SAME weight tensors (ours renamed by `to_diffusers_state_dict`), so agreement is checked first
 (relative L2 of the decoded video), then each decode is timed with CUDA events (warmup 1, median of 3) with
-its peak memory. Our model is timed in its default channels-last layout, with its norms as torch ops instead of
-the fused kernel (kernels/vae_norm.py), and in plain NCDHW. cuDNN autotuning
+its peak memory. Our model is timed in its default channels-last layout, with its norms and conv biases as torch ops
+instead of the fused passes (kernels/vae_elementwise.py), and in plain NCDHW. cuDNN autotuning
 stays off (heuristic algorithm choice is deterministic). Run from the repository root:
 
     python bench/bench_vae.py                 # 480p, 81 frames: latent [1,16,21,60,104]
@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _timing import cuda_median_ms  # noqa: E402 (bench/ is on sys.path when a script runs)
-from kernels import vae_norm  # noqa: E402
+from kernels import vae_elementwise  # noqa: E402
 from turbo_batch.models.vae import LATENT_MEAN, LATENT_STD, VAEConfig, WanVAE, random_vae, to_diffusers_state_dict  # noqa: E402
 
 RESOLUTIONS = {"480p": (832, 480), "720p": (1280, 720)}  # (width, height), 16:9
@@ -62,10 +62,11 @@ def profile(fn, rows: int = 20) -> None:
 
 def bench_norms(dev) -> None:
     """The decoder's RMS norm + SiLU at each width, one decode chunk's shape (4 frames written into a buffer with 2
-    frames of time padding): the fused kernel against the four torch ops it replaces."""
+    frames of time padding): the fused kernel against the four torch ops it replaces; then the bias + residual add
+    against torch's two adds (x grows a little each call: the values do not matter to the timing)."""
     from triton.testing import do_bench
 
-    print("RMS norm + SiLU, one chunk, bf16 channels-last (ms; GB/s counts one read and one write)")
+    print("RMS norm + SiLU, one chunk, bf16 channels-last (ms; GB/s counts each tensor read or written once)")
     for c, (h, w) in ((96, (480, 832)), (192, (240, 416)), (384, (120, 208))):
         x = torch.randn(1, c, 4, h, w, device=dev).bfloat16().contiguous(memory_format=torch.channels_last_3d)
         gamma = torch.rand(c, 1, 1, 1, device=dev).bfloat16()
@@ -73,10 +74,15 @@ def bench_norms(dev) -> None:
             memory_format=torch.channels_last_3d)
         out = buf[:, :, 2:]
         ms = {name: do_bench(lambda f=f: f(x, gamma, True, out), warmup=10, rep=100)
-              for name, f in (("kernel", vae_norm.rms_norm_silu_triton), ("torch", vae_norm.rms_norm_silu_ref))}
+              for name, f in (("kernel", vae_elementwise.rms_norm_silu_triton), ("torch", vae_elementwise.rms_norm_silu_ref))}
         gbs = 2 * x.numel() * 2 / ms["kernel"] / 1e6
         print(f"  C={c:3} {h}x{w}: kernel {ms['kernel']:.3f} ms ({gbs:.0f} GB/s), torch {ms['torch']:.3f} ms, "
               f"{ms['torch'] / ms['kernel']:.2f}x")
+        bias, res = torch.randn(c, device=dev).bfloat16(), torch.randn_like(x)
+        kernel = do_bench(lambda: vae_elementwise.bias_residual_add_triton(x, bias, res), warmup=10, rep=100)
+        torch_ms = do_bench(lambda: vae_elementwise.bias_residual_add_ref(x, bias, res), warmup=10, rep=100)
+        print(f"  {'':5} bias + residual add: kernel {kernel:.3f} ms ({3 * x.numel() * 2 / kernel / 1e6:.0f} GB/s), "
+              f"torch's two adds {torch_ms:.3f} ms, {torch_ms / kernel:.2f}x")
 
 
 def main() -> None:
@@ -134,10 +140,10 @@ def main() -> None:
         rows.append((res, "decode", "ours (channels-last)", shape, ms, gib, err))
         if args.profile:
             profile(ours_decode)
-        vae_norm.USE_TRITON = False
+        vae_elementwise.USE_TRITON = False
         ms, gib = time_ms(ours_decode, args.warmup, args.iters)
-        rows.append((res, "decode", "ours (torch norms)", shape, ms, gib, err))
-        vae_norm.USE_TRITON = True
+        rows.append((res, "decode", "ours (torch elementwise)", shape, ms, gib, err))
+        vae_elementwise.USE_TRITON = True
         ours.channels_last = False
         ms, gib = time_ms(ours_decode, args.warmup, args.iters)
         rows.append((res, "decode", "ours (NCDHW)", shape, ms, gib, err))

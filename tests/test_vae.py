@@ -207,6 +207,30 @@ def test_the_vae_asks_cudnn_for_its_mode_b_kernel_heuristic_unless_the_user_chos
     assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip() == "0"
 
 
+FOLDED_BIAS_SCRIPT = r"""
+import json, torch
+from omegaconf import OmegaConf
+from turbo_batch.models import vae as V
+cfg = V.VAEConfig.from_dict(OmegaConf.load("conf/models/tiny-t2v.yaml").vae)
+model = V.random_vae(cfg, seed=3)
+model.channels_last = True  # the layout the kernels read; on CPU the interpreter runs them
+z = torch.randn(1, 16, 3, 4, 4, generator=torch.Generator().manual_seed(4))
+folded = model.decode(z)
+V.FOLD_CONV_BIAS = False
+plain = model.decode(z)
+print("RESULT" + json.dumps({"rel": ((folded - plain).norm() / plain.norm()).item(), "shape": list(folded.shape)}))
+"""
+
+
+def test_on_the_kernel_path_a_residual_blocks_conv_biases_ride_in_its_norm_and_residual_passes():
+    """Interpreted on CPU in float32 (a conv adds its bias inside its sum there, so within float32 rounding; on the
+    GPU, where PyTorch adds it after cuDNN's conv, the same bits: the GPU test below)."""
+    from _helpers import run_interpreted
+
+    got = run_interpreted(FOLDED_BIAS_SCRIPT, timeout=300)
+    assert got["shape"] == [1, 3, 9, 32, 32] and got["rel"] < 1e-5
+
+
 def test_official_layout_checkpoint_round_trip_gives_identical_outputs(vae, tiny_cfg, tmp_path):
     path = tmp_path / "Wan2.1_VAE.pth"
     save_wan_vae(vae, path)
@@ -286,6 +310,19 @@ def test_gpu_decode_is_deterministic_and_batch_independent_bitwise(tiny_cfg):
     clip = video(5, batch=2, seed=16).cuda()
     e = model.encode(clip)
     assert torch.equal(e, model.encode(clip)) and torch.equal(e[0:1], model.encode(clip[0:1]))
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_leaving_the_residual_blocks_conv_biases_to_the_elementwise_passes_changes_no_bit(monkeypatch):
+    """Real-size VAE (every channel width), bf16, a 3-frame latent at 240x416."""
+    from turbo_batch.models import vae as V
+
+    model = random_vae(VAEConfig(), seed=19, device="cuda", dtype=torch.bfloat16)
+    z = torch.randn(1, 16, 3, 30, 52, generator=torch.Generator().manual_seed(20)).cuda()
+    folded = model.decode(z)
+    monkeypatch.setattr(V, "FOLD_CONV_BIAS", False)
+    assert torch.equal(folded, model.decode(z))
 
 
 @pytest.mark.gpu

@@ -28,7 +28,7 @@ from triton.compiler import ASTSource
 
 import triton.language as tl
 
-from kernels import cross_attention, norms, sla, vae_norm
+from kernels import cross_attention, norms, sla, vae_elementwise
 
 KERNELS = {  # name: (kernel, constexprs, launch options, pointer dtypes other than bf16)
     "attention": (sla._sla_attention_kernel,
@@ -57,9 +57,13 @@ KERNELS = {  # name: (kernel, constexprs, launch options, pointer dtypes other t
     # the cross-attention over a collapsed text context (kernels/cross_attention.py)
     "cross-attention": (cross_attention._cross_attention_kernel, dict(HAS_PAD=True, D=128, BLOCK_M=64, BLOCK_N=64),
                         dict(num_warps=4, num_stages=2), dict(S="i32", log2_pad="fp32")),
-    # the VAE's RMS norm + SiLU at the decoder's full-resolution width (C = 96, kernels/vae_norm.py)
-    "vae-norm": (vae_norm._rms_norm_silu_kernel, dict(SILU=True, DTYPE=tl.bfloat16, HW=True, ROWS=32, BLOCK_C=128),
+    # the VAE's elementwise passes at the decoder's full-resolution width (C = 96, kernels/vae_elementwise.py)
+    "vae-norm": (vae_elementwise._rms_norm_silu_kernel,
+                 dict(SILU=True, HAS_BIAS=True, DTYPE=tl.bfloat16, HW=True, ROWS=32, BLOCK_C=128),
                  dict(num_warps=4, enable_fp_fusion=False), dict(scale="fp32")),
+    "vae-bias-residual": (vae_elementwise._bias_residual_kernel,
+                          dict(HAS_BIAS=True, DTYPE=tl.bfloat16, HW=True, ROWS=32, BLOCK_C=128),
+                          dict(num_warps=4, enable_fp_fusion=False), {}),
 }
 ROW_LENGTHS = ("C", "HD")  # 16-divisible at the DiT's widths: the JIT specialises them, so the loads vectorise
 FLOAT_SCALARS = ("qk_scale", "eps_over_len", "inv_len", "eps")

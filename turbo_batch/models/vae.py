@@ -11,8 +11,9 @@ the module, so concurrent or interrupted calls cannot leak state into each other
 run on its own, so a clip's pixels never depend on what it was batched with.
 
 Speed (GPU): activations stay in channels-last layout (NDHWC) so cuDNN runs its native kernels without layout
-transposes, the RMS norm + SiLU is one Triton pass (kernels/vae_norm.py) that writes straight into the time-padded
-buffer the next conv reads (no cat, no pad copy; spatial padding is done inside the conv), cuDNN picks its conv
+transposes, the RMS norm + SiLU is one Triton pass (kernels/vae_elementwise.py) that writes straight into the
+time-padded buffer the next conv reads (no cat, no pad copy; spatial padding is done inside the conv), a residual
+block's conv biases ride in its norm and residual passes instead of broadcast adds of their own, cuDNN picks its conv
 kernels by its more thorough heuristic (mode B, below), and nothing is upcast to fp32 except the norm's reduction.
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.vae_norm import rms_norm_silu
+from kernels.vae_elementwise import bias_residual_add_, rms_norm_silu, uses_kernels
 
 from .checkpoints import load_strict, materialize_, random_init_, read_state_dict
 
@@ -38,6 +39,10 @@ from .checkpoints import load_strict, materialize_, random_init_, read_state_dic
 # session 20). Still a heuristic, not a timing, so the kernel and the bits are a function of the shape and device:
 # frames repeat across processes. A user's own setting wins.
 os.environ.setdefault("TORCH_CUDNN_USE_HEURISTIC_MODE_B", "1")
+
+# On the kernel path, a residual block's convs run without their biases and its norm and residual passes add them,
+# rounding where PyTorch's separate bias add rounds (the same bits: tests/test_vae.py). False: plain convs with bias.
+FOLD_CONV_BIAS = True
 
 # Per-channel latent statistics of the Wan2.1 VAE (z_dim 16): z = (mu - mean) / std.
 LATENT_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -105,11 +110,14 @@ class CausalConv3d(nn.Conv3d):
         self.time_pad = 2 * self.padding[0]
         self.padding = (0, self.padding[1], self.padding[2])
 
-    def forward(self, x: torch.Tensor, cache: CausalCache | None = None, norm: "RMS_norm | None" = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: CausalCache | None = None, norm: "RMS_norm | None" = None,
+                norm_bias: torch.Tensor | None = None, bias: bool = True) -> torch.Tensor:
+        """norm(x + norm_bias) (if norm) -> this conv, with or without its own bias (`bias=False` leaves it to the
+        caller's next elementwise pass: `ResidualBlock`)."""
         if self.time_pad == 0:
             if norm is not None:
-                x = norm(x, silu=True)
-            return super().forward(x)
+                x = norm(x, silu=True, bias=norm_bias)
+            return self._conv_forward(x, self.weight, self.bias if bias else None)
         b, c, t, h, w = x.shape
         past = cache.frames.get(self) if cache is not None else None
         n_past = 0 if past is None else past.shape[2]
@@ -122,10 +130,10 @@ class CausalConv3d(nn.Conv3d):
         if norm is None:
             buf[:, :, self.time_pad:].copy_(x)
         else:
-            norm(x, silu=True, out=buf[:, :, self.time_pad:])
+            norm(x, silu=True, out=buf[:, :, self.time_pad:], bias=norm_bias)
         if cache is not None:
             cache.frames[self] = buf[:, :, -self.time_pad:].clone()
-        return super().forward(buf)
+        return self._conv_forward(buf, self.weight, self.bias if bias else None)
 
 
 class RMS_norm(nn.Module):
@@ -133,7 +141,7 @@ class RMS_norm(nn.Module):
 
     The norm is reduced and applied in fp32 without materialising an fp32 copy of x; the result (optionally
     followed by SiLU) is written in x's dtype into `out`, a slice of the next conv's padded buffer, by one
-    Triton kernel on channels-last CUDA tensors (kernels/vae_norm.py; torch ops elsewhere).
+    Triton kernel on channels-last CUDA tensors (kernels/vae_elementwise.py; torch ops elsewhere).
     """
 
     def __init__(self, dim: int, channel_first: bool = True, images: bool = True, bias: bool = False):
@@ -142,8 +150,10 @@ class RMS_norm(nn.Module):
             raise ValueError("the Wan VAE only uses channel-first RMS_norm without bias")
         self.gamma = nn.Parameter(torch.ones((dim, 1, 1) if images else (dim, 1, 1, 1)))
 
-    def forward(self, x: torch.Tensor, silu: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
-        return rms_norm_silu(x, self.gamma, silu, out)  # one fused pass on channels-last CUDA tensors
+    def forward(self, x: torch.Tensor, silu: bool = False, out: torch.Tensor | None = None,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+        """The norm of x + bias (a preceding conv's bias, when that conv left it out)."""
+        return rms_norm_silu(x, self.gamma, silu, out, bias)  # one fused pass on channels-last CUDA tensors
 
 
 class Upsample(nn.Upsample):
@@ -224,6 +234,10 @@ class ResidualBlock(nn.Module):
     def forward(self, x: torch.Tensor, cache: CausalCache | None = None) -> torch.Tensor:
         norm1, _, conv1, norm2, _, _, conv2 = self.residual  # SiLU fused into the norms; dropout is 0
         h = self.shortcut(x)
+        if FOLD_CONV_BIAS and uses_kernels(x):  # the biases ride in the next passes: norm2 adds conv1's, the sum conv2's
+            x = conv1(x, cache, norm=norm1, bias=False)
+            x = conv2(x, cache, norm=norm2, norm_bias=conv1.bias, bias=False)
+            return bias_residual_add_(x, conv2.bias, h)
         x = conv1(x, cache, norm=norm1)
         x = conv2(x, cache, norm=norm2)
         return x.add_(h)
