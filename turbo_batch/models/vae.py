@@ -137,7 +137,7 @@ class CausalConv3d(nn.Conv3d):
 
 
 class RMS_norm(nn.Module):
-    """x / ||x||_channels * sqrt(C) * gamma (the official RMS_norm; bias is never used by the VAE).
+    """x / ||x||_channels * sqrt(C) * gamma (the official RMS_norm; the VAE never uses its optional bias parameter).
 
     The norm is reduced and applied in fp32 without materialising an fp32 copy of x; the result (optionally
     followed by SiLU) is written in x's dtype into `out`, a slice of the next conv's padded buffer, by one
@@ -152,7 +152,7 @@ class RMS_norm(nn.Module):
 
     def forward(self, x: torch.Tensor, silu: bool = False, out: torch.Tensor | None = None,
                 bias: torch.Tensor | None = None) -> torch.Tensor:
-        """The norm of x + bias (a preceding conv's bias, when that conv left it out)."""
+        """The norm of x + bias (`bias`: a preceding conv's own bias, when that conv left it out)."""
         return rms_norm_silu(x, self.gamma, silu, out, bias)  # one fused pass on channels-last CUDA tensors
 
 
