@@ -51,5 +51,6 @@ def test_a_job_submitted_to_a_started_cluster_renders_the_manifest(tmp_path):
         index = Store(str(out)).read_index().to_pylist()
         assert [r["status"] for r in index] == ["ok"] * 3 and [r["sku"] for r in index] == ["S1", "S2", "S3"]
         assert "[turbo-batch]" in submit.stdout  # progress lines reach the job's logs (anywhere in them)
+        assert "Traceback" not in submit.stdout  # actors stop their encoder processes before they are killed
     finally:
         subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)

@@ -216,9 +216,19 @@ def _dispatch(todo: list[ManifestRow], cfg, cfg_yaml, out_uri, runtime, n_actors
         if time.time() - last_index > 30:  # keep the index fresh for long runs, from records already in memory
             store.write_index(build_index(table, rows, records, cfg), int(cfg.render.shard_rows))
             last_index = time.time()
-    for actor in actors.values():
-        ray.kill(actor, no_restart=True)
+    _close_actors(list(actors.values()))
     return rendered
+
+
+def _close_actors(actors: list, timeout_s: float = 60.0) -> None:
+    """Let each actor stop its encoder processes (`RenderWorker.close`), then kill it; a dead or stuck actor is
+    killed all the same once the timeout passes."""
+    import ray
+
+    closing = [a.close.remote() for a in actors]
+    ray.wait(closing, num_returns=len(closing), timeout=timeout_s)
+    for actor in actors:
+        ray.kill(actor, no_restart=True)
 
 
 def _failed_record(row: ManifestRow, error: str, attempt: int) -> dict:
