@@ -94,7 +94,7 @@ def main() -> None:
     ap.add_argument("--encode", action="store_true", help="also time encode (ours vs diffusers)")
     ap.add_argument("--no-diffusers", action="store_true", help="time only our model")
     ap.add_argument("--profile", action="store_true", help="print the top CUDA kernels of one decode of ours")
-    ap.add_argument("--norms", action="store_true", help="also time the norm kernel alone against torch")
+    ap.add_argument("--norms", action="store_true", help="also time the elementwise kernels alone against torch")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_vae.py needs a CUDA GPU")

@@ -21,8 +21,6 @@ no atomics.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 
@@ -31,6 +29,8 @@ try:  # triton is a Linux-only dependency; elsewhere the reference runs
     import triton.language as tl
 except ImportError:  # pragma: no cover
     triton = None
+
+from kernels.norms import _interpreting, _use_triton
 
 NORM_EPS = 1e-12  # the official RMS_norm divides by F.normalize's clamped norm
 USE_TRITON = True  # False: the torch references on CUDA too (bench/bench_vae.py times both)
@@ -174,14 +174,10 @@ def bias_residual_add_triton(y: torch.Tensor, bias: torch.Tensor | None, residua
     return y
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def uses_kernels(x: torch.Tensor) -> bool:
     """Whether the Triton kernels run for x: on CUDA (or under TRITON_INTERPRET=1) unless USE_TRITON is off. The VAE
     then leaves its residual blocks' conv biases to these passes."""
-    return USE_TRITON and triton is not None and (x.is_cuda or _interpreting())
+    return USE_TRITON and _use_triton(x)
 
 
 def rms_norm_silu(x: torch.Tensor, gamma: torch.Tensor, silu: bool = False, out: torch.Tensor | None = None,

@@ -3,6 +3,7 @@ of it: attending to a prompt's tokens plus one key standing for n zero-padding r
 On CPU the Triton kernel runs in Triton's interpreter (float32 inputs: its bf16 dot is not exact there)."""
 from __future__ import annotations
 
+import math
 import textwrap
 
 import pytest
@@ -11,8 +12,6 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
 from _helpers import run_interpreted, wan_480p_inputs
-import math
-
 from kernels import cross_attention as ca
 from kernels.cross_attention import cross_attention, cross_attention_reference, cross_attention_sdpa, pad_weight_biases
 from turbo_batch.models import dit

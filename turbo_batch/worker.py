@@ -132,7 +132,6 @@ class RenderWorker:
             self._encoders = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
         return self._encoders.submit(encode_mp4_bytes, *args).result()
 
-
     def close(self) -> None:
         """Stop the encoder processes (they finish what they hold) before the actor goes: killed with them still
         starting, they print multiprocessing tracebacks into the job's log (the rows are unaffected)."""
