@@ -3,8 +3,9 @@
 Real-size VAE (base_dim 96), random bf16 weights (speed does not depend on their values). diffusers' model
 holds the SAME weight tensors (ours renamed by `to_diffusers_state_dict`), so agreement is checked first
 (relative L2 of the decoded video), then each decode is timed with CUDA events (warmup 1, median of 3) with
-its peak memory. Our model is timed in its default channels-last layout, with its norms and conv biases as torch ops
-instead of the fused passes (kernels/vae_elementwise.py), and in plain NCDHW. cuDNN autotuning
+its peak memory. Our model is timed in its default channels-last layout, with its upsamplers in the official order
+(nearest 2x, then the 3x3 conv) instead of the sub-pixel conv, with its norms and conv biases as torch ops instead of
+the fused passes (kernels/vae_elementwise.py), and in plain NCDHW. cuDNN autotuning
 stays off (heuristic algorithm choice is deterministic). Run from the repository root:
 
     python bench/bench_vae.py                 # 480p, 81 frames: latent [1,16,21,60,104]
@@ -24,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _timing import cuda_median_ms  # noqa: E402 (bench/ is on sys.path when a script runs)
 from kernels import vae_elementwise  # noqa: E402
+from turbo_batch.models import vae as vae_module  # noqa: E402
 from turbo_batch.models.vae import LATENT_MEAN, LATENT_STD, VAEConfig, WanVAE, random_vae, to_diffusers_state_dict  # noqa: E402
 
 RESOLUTIONS = {"480p": (832, 480), "720p": (1280, 720)}  # (width, height), 16:9
@@ -140,6 +142,10 @@ def main() -> None:
         rows.append((res, "decode", "ours (channels-last)", shape, ms, gib, err))
         if args.profile:
             profile(ours_decode)
+        vae_module.SUBPIXEL_UPSAMPLE = False
+        ms, gib = time_ms(ours_decode, args.warmup, args.iters)
+        rows.append((res, "decode", "ours (upsample, then conv)", shape, ms, gib, err))
+        vae_module.SUBPIXEL_UPSAMPLE = True
         vae_elementwise.USE_TRITON = False
         ms, gib = time_ms(ours_decode, args.warmup, args.iters)
         rows.append((res, "decode", "ours (torch elementwise)", shape, ms, gib, err))

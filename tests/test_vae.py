@@ -11,6 +11,7 @@ from turbo_batch.models.checkpoints import CheckpointError
 from turbo_batch.models.vae import (
     LATENT_MEAN,
     LATENT_STD,
+    Resample,
     VAEConfig,
     WanVAE,
     build_vae,
@@ -194,6 +195,38 @@ def test_channels_last_layout_computes_the_same_as_ncdhw(tiny_cfg):
     assert torch.allclose(fast_x, plain_x, atol=1e-5) and torch.allclose(fast_z, plain_z, atol=1e-5)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_an_upsampler_convolves_the_low_resolution_frames_to_the_same_sums_as_upsample_then_conv(channels_last):
+    """Nearest 2x + 3x3 conv (the official order) and the 2x2 sub-pixel conv agree to float64 rounding, every phase
+    and edge pixel included, in either layout."""
+    up = Resample(6, "upsample2d").double()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(2, 6, 5, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).contiguous(memory_format=fmt)
+    fast = up._upsample_conv(x)
+    assert fast.shape == (2, 3, 10, 14) and fast.is_contiguous(memory_format=fmt)
+    torch.testing.assert_close(fast, up.resample(x), rtol=1e-12, atol=1e-12)
+
+
+def test_the_sub_pixel_weights_follow_the_conv_when_its_weights_change():
+    up = Resample(4, "upsample2d")
+    x = torch.randn(1, 4, 3, 3, generator=torch.Generator().manual_seed(2))
+    up._upsample_conv(x)
+    with torch.no_grad():
+        up.resample[1].weight.mul_(-2.0)
+    torch.testing.assert_close(up._upsample_conv(x), up.resample(x), rtol=1e-5, atol=1e-5)
+    assert "_subpixel" not in str(up.state_dict().keys())
+
+
+def test_decoding_with_sub_pixel_upsamplers_matches_the_official_order_in_float32(tiny_cfg, monkeypatch):
+    from turbo_batch.models import vae as V
+
+    model, z = random_vae(tiny_cfg, seed=23), latent(3, seed=24)
+    fast = model.decode(z)
+    monkeypatch.setattr(V, "SUBPIXEL_UPSAMPLE", False)
+    plain = model.decode(z)
+    assert ((fast - plain).norm() / plain.norm()).item() < 1e-5
+
+
 # ------------------------------------------------------------------------------------------- checkpoints
 def test_the_vae_asks_cudnn_for_its_mode_b_kernel_heuristic_unless_the_user_chose_otherwise():
     """Set before any conv runs (PyTorch reads it once): a deterministic choice of faster sm90 conv kernels."""
@@ -323,6 +356,23 @@ def test_gpu_leaving_the_residual_blocks_conv_biases_to_the_elementwise_passes_c
     folded = model.decode(z)
     monkeypatch.setattr(V, "FOLD_CONV_BIAS", False)
     assert torch.equal(folded, model.decode(z))
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_the_middle_attention_runs_on_a_fused_sdpa_kernel_not_the_float32_math_fallback():
+    """SDPA takes its memory-efficient kernel only for rows with a unit-stride channel dim (2.6x the math kernel)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from turbo_batch.models.vae import AttentionBlock
+
+    block = AttentionBlock(64).cuda().bfloat16()
+    x = torch.randn(1, 64, 1, 12, 20, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last_3d)
+    with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION]):  # raises if the inputs are not eligible
+        fused = block(x)
+    with sdpa_kernel([SDPBackend.MATH]):
+        plain = block(x)
+    assert _rel(fused, plain) < 1e-2
 
 
 @pytest.mark.gpu
