@@ -201,7 +201,8 @@ def test_an_upsampler_convolves_the_low_resolution_frames_to_the_same_sums_as_up
     and edge pixel included, in either layout."""
     up = Resample(6, "upsample2d").double()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    x = torch.randn(2, 6, 5, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).contiguous(memory_format=fmt)
+    x = torch.randn(2, 6, 5, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    x = x.contiguous(memory_format=fmt)
     fast = up._upsample_conv(x)
     assert fast.shape == (2, 3, 10, 14) and fast.is_contiguous(memory_format=fmt)
     torch.testing.assert_close(fast, up.resample(x), rtol=1e-12, atol=1e-12)
@@ -367,7 +368,8 @@ def test_gpu_the_middle_attention_runs_on_a_fused_sdpa_kernel_not_the_float32_ma
     from turbo_batch.models.vae import AttentionBlock
 
     block = AttentionBlock(64).cuda().bfloat16()
-    x = torch.randn(1, 64, 1, 12, 20, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last_3d)
+    x = torch.randn(1, 64, 1, 12, 20, device="cuda", dtype=torch.bfloat16)
+    x = x.contiguous(memory_format=torch.channels_last_3d)
     with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION]):  # raises if the inputs are not eligible
         fused = block(x)
     with sdpa_kernel([SDPBackend.MATH]):

@@ -77,7 +77,8 @@ def upsample_convs(vae) -> None:
         err = lambda y: ((y.float() - exact).norm() / exact.norm()).item()  # noqa: E731
         t_ref = do_bench(lambda: m.resample(x), warmup=5, rep=50)
         t_alt = do_bench(lambda: m._upsample_conv(x), warmup=5, rep=50)
-        print(f"  up.{i} {m.mode} {conv.in_channels}->{conv.out_channels} {frames}x{h}x{w}: upsample+conv {t_ref:.3f} ms "
+        print(f"  up.{i} {m.mode} {conv.in_channels}->{conv.out_channels} {frames}x{h}x{w}: "
+              f"upsample+conv {t_ref:.3f} ms "
               f"(err {err(m.resample(x)):.2e}), sub-pixel {t_alt:.3f} ms (err {err(m._upsample_conv(x)):.2e}), "
               f"{t_ref / t_alt:.2f}x")
 
@@ -90,8 +91,9 @@ def attention_backends() -> None:
     q, k, v = (torch.randn(1, 1, 6240, 384, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
     print("\nAttentionBlock SDPA, one frame [1, 1, 6240, 384] bf16")
-    for name, backends in (("default", None), ("math", [SDPBackend.MATH]), ("efficient", [SDPBackend.EFFICIENT_ATTENTION]),
-                           ("cudnn", [SDPBackend.CUDNN_ATTENTION]), ("flash", [SDPBackend.FLASH_ATTENTION])):
+    backends_to_try = (("default", None), ("math", [SDPBackend.MATH]), ("efficient", [SDPBackend.EFFICIENT_ATTENTION]),
+                       ("cudnn", [SDPBackend.CUDNN_ATTENTION]), ("flash", [SDPBackend.FLASH_ATTENTION]))
+    for name, backends in backends_to_try:
         def call():
             if backends is None:
                 return F.scaled_dot_product_attention(q, k, v)

@@ -184,10 +184,12 @@ def subpixel_weight(w: torch.Tensor) -> torch.Tensor:
     3x3 taps that land on that source pixel. Output-channel group 2a+b is phase (a, b): see `Resample._upsample_conv`.
     """
     def fold(t: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-        w0, w1, w2 = t.unbind(dim)  # phase 0 reads (i-1, i) with taps (w0, w1 + w2); phase 1 (i, i+1) with (w0 + w1, w2)
+        # phase 0 reads (i-1, i) with taps (w0, w1 + w2); phase 1 reads (i, i+1) with (w0 + w1, w2)
+        w0, w1, w2 = t.unbind(dim)
         return torch.stack([w0, w1 + w2], dim), torch.stack([w0 + w1, w2], dim)
 
-    return torch.cat([cols for rows in fold(w.to(torch.promote_types(w.dtype, torch.float32)), 2) for cols in fold(rows, 3)])
+    w = w.to(torch.promote_types(w.dtype, torch.float32))
+    return torch.cat([cols for rows in fold(w, 2) for cols in fold(rows, 3)])
 
 
 def _layout_of(t: torch.Tensor) -> torch.memory_format:
@@ -309,7 +311,7 @@ class AttentionBlock(nn.Module):
         frames = x.transpose(1, 2).reshape(b * t, c, h, w)
         qkv = self.to_qkv(self.norm(frames)).flatten(2).transpose(1, 2)  # [(b t), h*w, 3c]
         # Contiguous rows: with the channel dim strided, SDPA falls back to its float32 math kernel (2.6x slower).
-        q, k, v = (t.contiguous() for t in qkv.unsqueeze(1).chunk(3, dim=-1))
+        q, k, v = (part.contiguous() for part in qkv.unsqueeze(1).chunk(3, dim=-1))
         o = F.scaled_dot_product_attention(q, k, v)  # [(b t), 1, h*w, c]
         o = self.proj(o.squeeze(1).transpose(1, 2).unflatten(2, (h, w)))
         return o.unflatten(0, (b, t)).transpose(1, 2).add_(x)
