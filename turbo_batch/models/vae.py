@@ -13,8 +13,9 @@ run on its own, so a clip's pixels never depend on what it was batched with.
 Speed (GPU): activations stay in channels-last layout (NDHWC) so cuDNN runs its native kernels without layout
 transposes, the RMS norm + SiLU is one Triton pass (kernels/vae_elementwise.py) that writes straight into the
 time-padded buffer the next conv reads (no cat, no pad copy; spatial padding is done inside the conv), a residual
-block's conv biases ride in its norm and residual passes instead of broadcast adds of their own, cuDNN picks its conv
-kernels by its more thorough heuristic (mode B, below), and nothing is upcast to fp32 except the norm's reduction.
+block's conv biases ride in its norm and residual passes instead of broadcast adds of their own, the upsamplers
+convolve the low-resolution frames (sub-pixel, below), cuDNN picks its conv kernels by its more thorough heuristic
+(mode B, below), and nothing is upcast to fp32 except the norm's reduction.
 """
 from __future__ import annotations
 
