@@ -33,7 +33,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-from _timing import cuda_median_ms  # noqa: E402 (bench/ is on sys.path when a script runs)
+from _shapes import LATENT, MODELS  # noqa: E402 (bench/ is on sys.path when a script runs)
+from _timing import cuda_median_ms  # noqa: E402
 from turbo_batch.models.dit import DiTConfig  # noqa: E402
 from turbo_batch.models.dit_checkpoints import random_dit  # noqa: E402
 from turbo_batch.models.cuda_graph import GraphedForward  # noqa: E402
@@ -41,9 +42,6 @@ from turbo_batch.models.quantize import DEFAULT_KEEP_BF16, quantize_linears_  # 
 from kernels import fp8_linear, norms, sla, sla_gluon  # noqa: E402
 from kernels.fp8_gemm import GLUON_DEFAULT, set_gluon_gemms  # noqa: E402
 
-MODELS = {"1.3b": dict(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
-          "14b": dict(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)}
-LATENT = {"480p": (60, 104), "720p": (90, 160)}
 # name -> (attention backend, None for bf16 or the Linears fp8 keeps in bf16: the runtime default, or none at all
 # = every block Linear in fp8 as TurboDiffusion does)
 VARIANTS = {"bf16": ("dense", None), "fp8": ("dense", DEFAULT_KEEP_BF16), "fp8-all": ("dense", ()),

@@ -27,15 +27,14 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, also when a test imports this file
 
+from _shapes import LATENT, MODELS  # noqa: E402
 from kernels.sla import n_kept_blocks  # noqa: E402
 from turbo_batch.models.dit import DiTConfig  # noqa: E402
 from turbo_batch.models.dit_checkpoints import build_dit  # noqa: E402
 from turbo_batch.models.quantize import DEFAULT_KEEP_BF16, fp8_target_names  # noqa: E402
 
-MODELS = {"1.3b": dict(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
-          "14b": dict(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)}
-LATENT = {"480p": (60, 104), "720p": (90, 160)}
 BLOCK_Q, BLOCK_K = 128, 64  # SLA's block sizes (kernels/sla.py defaults)
 
 
