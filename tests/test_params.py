@@ -84,3 +84,16 @@ def test_render_key_covers_what_determines_frames_and_nothing_else():
     assert k != render_key(p, "a mug", "abc", "w1", "cpu|float32|sla_ref|none")
     assert k != render_key(p, "a mug", None, "w2", "cpu|float32|sla_ref|none")
     assert k != render_key(p, "a mug", None, "w1", "cuda|bfloat16|sla|fp8")
+
+
+def test_a_new_numerics_version_gives_every_row_a_new_render_key(monkeypatch):
+    """So a rerun after an upgrade that changed the arithmetic renders again instead of mixing two versions."""
+    from turbo_batch import NUMERICS_VERSION, worker
+
+    runtime = {"device": "cuda:0", "dtype": "bfloat16", "attention": "sla", "quant": "none"}
+    now = worker.runtime_id(runtime)
+    assert now == f"cuda|bfloat16|sla|none|numerics-{NUMERICS_VERSION}"
+    monkeypatch.setattr(worker, "NUMERICS_VERSION", NUMERICS_VERSION + 1)
+    later = worker.runtime_id(runtime)
+    p = params(model="tiny-t2v")
+    assert render_key(p, "a mug", None, "w1", later) != render_key(p, "a mug", None, "w1", now)

@@ -11,6 +11,7 @@ from PIL import Image
 
 ray = pytest.importorskip("ray")
 
+from turbo_batch import NUMERICS_VERSION  # noqa: E402
 from turbo_batch.cli import main  # noqa: E402
 from turbo_batch.demo import demo_image  # noqa: E402
 from turbo_batch.grid import build_grid, grid_table, parse_vary  # noqa: E402
@@ -56,7 +57,7 @@ def test_untouched_output_verifies_every_mp4_and_reproduces_the_sampled_frames(o
     result = verify(out, sample=ROWS, log=lambda _: None)
     assert [c.result for c in result.of("mp4")] == [OK] * ROWS
     assert [c.result for c in result.of("frames")] == [OK] * ROWS
-    assert result.runtime == "cpu|float32|dense|none" and result.exit_code == 0
+    assert result.runtime == f"cpu|float32|dense|none|numerics-{NUMERICS_VERSION}" and result.exit_code == 0
     assert result.final_line().endswith("-> OK")
 
 
@@ -104,6 +105,15 @@ def test_rows_rendered_on_other_numerics_cannot_be_verified_here_unless_forced(o
     assert "2 cannot be verified on this machine" in result.final_line()
     forced = verify(out, sample=2, force=True, log=lambda _: None)
     assert [c.result for c in forced.of("frames")] == [OK, OK]
+
+
+def test_rows_rendered_by_a_version_with_other_numerics_are_reported_as_such_not_as_mismatches(out):
+    for row in range(ROWS):
+        _rewrite_index(out, "runtime", row, "cpu|float32|dense|none")  # an id from before the numerics version
+    result = verify(out, sample=1, log=lambda _: None)
+    [check] = result.of("frames")
+    assert check.result == CANNOT and result.exit_code == 0
+    assert f"numerics version 1, this one computes version {NUMERICS_VERSION}" in check.detail
 
 
 def test_an_i2v_row_whose_input_image_changed_cannot_be_verified(out, tmp_path):

@@ -135,6 +135,18 @@ class _ImageSource:
         return read_image_bytes(ref, self.base_dir)
 
 
+def _other_runtime(theirs: str | None, here: str) -> str:
+    """Why a row made on other numerics cannot be re-rendered here, naming the version when that is the difference."""
+    def split(runtime: str) -> tuple[str, str]:
+        head, _, version = runtime.rpartition("|numerics-")
+        return (head, version) if head else (runtime, "1")  # ids without a version predate NUMERICS_VERSION: 1
+    (their_setup, their_version), (our_setup, our_version) = split(theirs or ""), split(here)
+    if their_setup == our_setup and their_version != our_version:
+        return (f"rendered by a turbo_batch computing numerics version {their_version}, this one computes version "
+                f"{our_version}: render the rows again with this version to compare (--force to compare anyway)")
+    return f"rendered with {theirs}, this machine runs {here} (--force to compare anyway)"
+
+
 def check_renders(store: Store, rows: list[dict], cfg: DictConfig, *, force: bool = False, log=print) -> tuple[list[Check], str]:
     """Re-render `rows` in this process and compare frames_sha256; one Check per row."""
     import torch
@@ -151,8 +163,7 @@ def check_renders(store: Store, rows: list[dict], cfg: DictConfig, *, force: boo
         expected = r.get("frames_sha256")
         params = RenderParams(**json.loads(r["params"]))
         if r.get("runtime") != here and not force:
-            checks[r["row"]] = Check(r["row"], r["id"], "frames", CANNOT, expected, None,
-                                     f"rendered with {r.get('runtime')}, this machine runs {here} (--force to compare anyway)")
+            checks[r["row"]] = Check(r["row"], r["id"], "frames", CANNOT, expected, None, _other_runtime(r.get("runtime"), here))
             continue
         if not force and r.get("key"):
             key = render_key(params, r["prompt"], r.get("image_sha256"), weights_id(preset_for(params.model), cfg), here)

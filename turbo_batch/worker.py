@@ -21,6 +21,7 @@ import traceback
 import numpy as np
 from omegaconf import OmegaConf
 
+from . import NUMERICS_VERSION
 from .manifest import decode_image
 from .params import RenderParams
 from .store import Store
@@ -29,11 +30,11 @@ from .video import encode_mp4_bytes, sha256_bytes
 
 def runtime_id(runtime: dict) -> str:
     """The numerics that change bits: device kind, dtype, attention backend, quantization (and, for fp8, the
-    layers kept in bf16)."""
+    layers kept in bf16), and the code's `NUMERICS_VERSION`."""
     quant = runtime["quant"]
     if quant == "fp8":
         quant += "[keep:" + ",".join(sorted(runtime.get("fp8_keep_bf16", ()))) + "]"
-    return f"{runtime['device'].split(':')[0]}|{runtime['dtype']}|{runtime['attention']}|{quant}"
+    return f"{runtime['device'].split(':')[0]}|{runtime['dtype']}|{runtime['attention']}|{quant}|numerics-{NUMERICS_VERSION}"
 
 
 def describe_runtime(cfg_yaml: str) -> dict:
