@@ -47,7 +47,8 @@ FOLD_CONV_BIAS = True
 
 # Upsamplers run their nearest-2x + 3x3 conv as one 2x2 conv over the low-resolution frames (`subpixel_weight`):
 # the same sums over the same pixels, 16/36 of the FLOPs and no 4x upsampled copy; what changes is one bf16 rounding
-# of the summed weights. False: upsample, then conv, as the official code does.
+# of the summed weights. False: upsample, then conv, as the official code does (a benchmark switch: its frames are not
+# those of `turbo_batch.NUMERICS_VERSION` 2).
 SUBPIXEL_UPSAMPLE = True
 
 # Per-channel latent statistics of the Wan2.1 VAE (z_dim 16): z = (mu - mean) / std.
