@@ -1,7 +1,8 @@
 """Where one 480p VAE decode spends its GPU time, decoder layer by decoder layer.
 
 Per layer: CUDA events around every call of each decoder layer (summed over the 21 latent chunks; the events
-serialise nothing the decode does not already serialise), with the layer's conv FLOPs and the rate they ran at.
+serialise nothing the decode does not already serialise), with the layer's conv FLOPs and the rate they ran at
+(an upsampler's conv counted at the official upsample-then-conv FLOPs, which its sub-pixel form does in 16/36).
 Then the middle AttentionBlock's SDPA call per backend, and each Resample's `Upsample(2x nearest) -> Conv2d 3x3` at
 one chunk's shape against its sub-pixel form (`Resample._upsample_conv`), both against a float32 reference.
 
@@ -18,13 +19,15 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from turbo_batch.models import vae as vae_module  # noqa: E402
 from turbo_batch.models.vae import Resample, random_vae  # noqa: E402
 
 
 def layer_times(vae, z) -> None:
     dec = vae.decoder
     layers = [("conv1", dec.conv1), *[(f"middle.{i} {type(m).__name__}", m) for i, m in enumerate(dec.middle)],
-              *[(f"up.{i} {type(m).__name__}", m) for i, m in enumerate(dec.upsamples)], ("head", dec.head)]
+              *[(f"up.{i} {type(m).__name__}", m) for i, m in enumerate(dec.upsamples)],
+              ("head", dec.head[2])]  # the head's conv (its norm runs inside the conv's call)
     events: dict[str, list] = defaultdict(list)
     flops: dict[str, float] = defaultdict(float)
     hooks = []
@@ -34,6 +37,10 @@ def layer_times(vae, z) -> None:
                 def count(mod, args, out, name=name):
                     flops[name] += 2 * mod.weight[0].numel() * out.numel()
                 hooks.append(conv.register_forward_hook(count))
+        if isinstance(m, Resample) and m.mode.startswith("upsample") and vae_module.SUBPIXEL_UPSAMPLE:
+            def count_subpixel(mod, args, out, name=name):  # the conv runs as F.conv2d: counted at the official FLOPs
+                flops[name] += 2 * mod.resample[1].weight[0].numel() * out.numel()
+            hooks.append(m.register_forward_hook(count_subpixel))
     for name, m in layers:
         def pre(mod, args, name=name):
             e = torch.cuda.Event(enable_timing=True)
