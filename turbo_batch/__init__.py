@@ -5,5 +5,6 @@ __version__ = "0.1.0"
 # config and runtime; part of every row's runtime id (`worker.runtime_id`), hence of its render key, so a rerun after
 # an upgrade renders rows of an older version again instead of mixing two arithmetics in one output, and `verify`
 # reports them as made by another version instead of as mismatches.
-#   1: up to session 20.  2: the VAE's sub-pixel upsamplers and its attention on SDPA's fused kernel (session 21).
+#   1: every version before this counter (their ids carry no version; earlier arithmetic changes went uncounted).
+#   2: the VAE's sub-pixel upsamplers and its attention on SDPA's fused kernel (session 21).
 NUMERICS_VERSION = 2
