@@ -142,6 +142,10 @@ def main() -> None:
         rows.append((res, "decode", "ours (channels-last)", shape, ms, gib, err))
         if args.profile:
             profile(ours_decode)
+        vae_module.TRITON_CONV = True
+        ms, gib = time_ms(ours_decode, args.warmup, args.iters)
+        rows.append((res, "decode", "ours (Triton 96-ch convs)", shape, ms, gib, err))
+        vae_module.TRITON_CONV = False
         vae_module.SUBPIXEL_UPSAMPLE = False
         ms, gib = time_ms(ours_decode, args.warmup, args.iters)
         rows.append((res, "decode", "ours (upsample, then conv)", shape, ms, gib, err))
@@ -182,11 +186,11 @@ def main() -> None:
 
     print(f"\nWan2.1 VAE, bf16, batch 1, {args.frames} frames, median of {args.iters} (warmup {args.warmup}); "
           f"peak = GiB allocated above the resident weights (0.24 GiB)")
-    print(f"{'res':5} {'op':7} {'impl':22} {'input':22} {'ms':>9} {'peak GiB':>9} {'vs diffusers':>12} {'rel L2':>9}")
+    print(f"{'res':5} {'op':7} {'impl':26} {'input':22} {'ms':>9} {'peak GiB':>9} {'vs diffusers':>12} {'rel L2':>9}")
     for res, op, impl, shape, ms, gib, err in rows:
         ref = next((r[4] for r in rows if r[0] == res and r[1] == op and r[2] == "diffusers"), None)
         ratio = f"{ref / ms:.2f}x" if ref else "-"
-        print(f"{res:5} {op:7} {impl:22} {shape:22} {ms:9.1f} {gib:9.2f} {ratio:>12} {err:>9}")
+        print(f"{res:5} {op:7} {impl:26} {shape:22} {ms:9.1f} {gib:9.2f} {ratio:>12} {err:>9}")
     print("(vs diffusers = diffusers time / this time; > 1 means faster than diffusers)")
 
 

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels.conv3d import causal_conv3d_triton, pack_weight
+from kernels.conv3d import supported as triton_conv_supports
 from kernels.vae_elementwise import bias_residual_add_, rms_norm_silu, uses_kernels
 
 from .checkpoints import load_strict, materialize_, random_init_, read_state_dict
@@ -50,6 +52,12 @@ FOLD_CONV_BIAS = True
 # of the summed weights. False: upsample, then conv, as the official code does (a benchmark switch: its frames are not
 # those of `turbo_batch.NUMERICS_VERSION` 2).
 SUBPIXEL_UPSAMPLE = True
+
+# The full-resolution 96-channel 3x3x3 convs by kernels/conv3d.py's implicit GEMM instead of cuDNN. Off: measured
+# inside a 480p decode on an H100 (session 22) it is as fast as the kernel cuDNN's mode B heuristic picks (1.88 ms a
+# chunk each, decode 822 vs 819 ms), and its frames would not be `turbo_batch.NUMERICS_VERSION` 2's (another
+# summation order). Kept as the base for a conv whose epilogue does the next norm's work, which cuDNN cannot.
+TRITON_CONV = False
 
 # Per-channel latent statistics of the Wan2.1 VAE (z_dim 16): z = (mu - mean) / std.
 LATENT_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -140,7 +148,22 @@ class CausalConv3d(nn.Conv3d):
             norm(x, silu=True, out=buf[:, :, self.time_pad:], bias=norm_bias)
         if cache is not None:
             cache.frames[self] = buf[:, :, -self.time_pad:].clone()
+        if TRITON_CONV and self._triton_shape() and uses_kernels(buf) and triton_conv_supports(buf, self.weight):
+            return causal_conv3d_triton(buf, self.weight, self.bias if bias else None, self._packed_weight())
         return self._conv_forward(buf, self.weight, self.bias if bias else None)
+
+    def _triton_shape(self) -> bool:
+        return self.kernel_size == (3, 3, 3) and self.padding == (0, 1, 1) and self.stride == (1, 1, 1) \
+            and self.dilation == (1, 1, 1) and self.groups == 1
+
+    def _packed_weight(self) -> torch.Tensor:
+        """`pack_weight` of the weight in its dtype, rebuilt whenever the weight changes (derived, never saved)."""
+        w = self.weight
+        key = (w.data_ptr(), w._version, w.dtype, w.device)
+        cached = getattr(self, "_packed", None)
+        if cached is None or cached[0] != key:
+            cached = self._packed = (key, pack_weight(w).to(w.dtype))
+        return cached[1]
 
 
 class RMS_norm(nn.Module):
