@@ -24,6 +24,7 @@ for s in "$@"; do
     vae-passes) step vae-passes 150 python bench/bench_vae.py --norms --no-diffusers ;;
     vae-layers) step vae-layers 150 python bench/experiments/vae_layer_times.py ;;
     vae-conv-forms) step vae-conv-forms 240 python bench/experiments/vae_conv_forms.py ;;
+    vae-norm-variants) step vae-norm-variants 150 python bench/experiments/vae_norm_variants.py ;;
     linear) step linear 180 python bench/bench_linear.py ;;
     norms) step norms 150 python bench/bench_norms.py ;;
     norms14) step norms14 170 python bench/bench_norms.py --shapes 1.3b,14b --budget-s 140 ;;
