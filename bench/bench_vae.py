@@ -3,9 +3,10 @@
 Real-size VAE (base_dim 96), random bf16 weights (speed does not depend on their values). diffusers' model
 holds the SAME weight tensors (ours renamed by `to_diffusers_state_dict`), so agreement is checked first
 (relative L2 of the decoded video), then each decode is timed with CUDA events (warmup 1, median of 3) with
-its peak memory. Our model is timed in its default channels-last layout, with its upsamplers in the official order
-(nearest 2x, then the 3x3 conv) instead of the sub-pixel conv, with its norms and conv biases as torch ops instead of
-the fused passes (kernels/vae_elementwise.py), and in plain NCDHW. cuDNN autotuning
+its peak memory. Our model is timed in its default channels-last layout, then with one switch flipped at a time
+(`SWITCHED_VARIANTS`: the segmented norm kernel, the Triton 96-channel conv, the upsamplers in the official order
+(nearest 2x, then the 3x3 conv) instead of the sub-pixel conv, its norms and conv biases as torch ops instead of
+the fused passes (kernels/vae_elementwise.py)), and in plain NCDHW. cuDNN autotuning
 stays off (heuristic algorithm choice is deterministic). Run from the repository root:
 
     python bench/bench_vae.py                 # 480p, 81 frames: latent [1,16,21,60,104]
@@ -29,6 +30,15 @@ from turbo_batch.models import vae as vae_module  # noqa: E402
 from turbo_batch.models.vae import LATENT_MEAN, LATENT_STD, VAEConfig, WanVAE, random_vae, to_diffusers_state_dict  # noqa: E402
 
 RESOLUTIONS = {"480p": (832, 480), "720p": (1280, 720)}  # (width, height), 16:9
+
+
+# Decode variants that differ from ours by one module switch: (row label, module, switch flipped from its default)
+SWITCHED_VARIANTS = [
+    ("ours (segmented norm)", vae_elementwise, "SEGMENTED_NORM"),
+    ("ours (Triton 96-ch convs)", vae_module, "TRITON_CONV"),
+    ("ours (upsample, then conv)", vae_module, "SUBPIXEL_UPSAMPLE"),
+    ("ours (torch elementwise)", vae_elementwise, "USE_TRITON"),
+]
 
 
 def diffusers_twin(model: WanVAE):
@@ -142,18 +152,14 @@ def main() -> None:
         rows.append((res, "decode", "ours (channels-last)", shape, ms, gib, err))
         if args.profile:
             profile(ours_decode)
-        vae_module.TRITON_CONV = True
-        ms, gib = time_ms(ours_decode, args.warmup, args.iters)
-        rows.append((res, "decode", "ours (Triton 96-ch convs)", shape, ms, gib, err))
-        vae_module.TRITON_CONV = False
-        vae_module.SUBPIXEL_UPSAMPLE = False
-        ms, gib = time_ms(ours_decode, args.warmup, args.iters)
-        rows.append((res, "decode", "ours (upsample, then conv)", shape, ms, gib, err))
-        vae_module.SUBPIXEL_UPSAMPLE = True
-        vae_elementwise.USE_TRITON = False
-        ms, gib = time_ms(ours_decode, args.warmup, args.iters)
-        rows.append((res, "decode", "ours (torch elementwise)", shape, ms, gib, err))
-        vae_elementwise.USE_TRITON = True
+        for label, module, switch in SWITCHED_VARIANTS:  # each: one module switch flipped, timed, flipped back
+            default = getattr(module, switch)
+            setattr(module, switch, not default)
+            try:
+                ms, gib = time_ms(ours_decode, args.warmup, args.iters)
+            finally:
+                setattr(module, switch, default)
+            rows.append((res, "decode", label, shape, ms, gib, err))
         ours.channels_last = False
         ms, gib = time_ms(ours_decode, args.warmup, args.iters)
         rows.append((res, "decode", "ours (NCDHW)", shape, ms, gib, err))

@@ -30,7 +30,7 @@ try:  # triton is a Linux-only dependency; elsewhere the reference runs
 except ImportError:  # pragma: no cover
     triton = None
 
-from kernels.norms import _interpreting, _use_triton
+from kernels.norms import _interpreting, _use_triton, row_tiling
 
 NORM_EPS = 1e-12  # the official RMS_norm divides by F.normalize's clamped norm
 USE_TRITON = True  # False: the torch references on CUDA too (bench/bench_vae.py times both)
@@ -100,6 +100,44 @@ if triton is not None:
         tl.store(OUT + rows[:, None] * stride_op + cols[None, :], y.to(DTYPE), mask=mask)
 
     @triton.jit
+    def _rms_norm_silu_segments_kernel(X, GAMMA, BIAS, OUT, n_rows, stride_xp, stride_op, scale,
+                                       C: tl.constexpr, SEG: tl.constexpr, NSEG: tl.constexpr, ROWS: tl.constexpr,
+                                       SILU: tl.constexpr, HAS_BIAS: tl.constexpr, FAST_SILU: tl.constexpr,
+                                       DTYPE: tl.constexpr, HW: tl.constexpr):
+        """`_rms_norm_silu_kernel` over a row as NSEG segments of SEG lanes (96 = 3 x 32): no padded lanes to
+        compute (the power-of-two tile gives C = 96 a third more), the row's squares summed segment by segment,
+        then across lanes. FAST_SILU: y / (1 + exp(-y)) by the approximate division instead of the IEEE one."""
+        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+        rmask = rows < n_rows
+        rows = rows.to(tl.int64)
+        xs = ()
+        for i in tl.static_range(NSEG):
+            cols = i * SEG + tl.arange(0, SEG)
+            m = rmask[:, None] & (cols < C)[None, :]
+            x = tl.load(X + rows[:, None] * stride_xp + cols[None, :], mask=m, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                b = _round_fp32(tl.load(BIAS + cols, mask=cols < C, other=0.0).to(tl.float32), DTYPE, HW)
+                x = _round_fp32(x + b[None, :], DTYPE, HW)
+            xs = xs + (x,)
+        acc = xs[0] * xs[0]
+        for i in tl.static_range(1, NSEG):
+            acc = acc + xs[i] * xs[i]
+        norm = tl.sqrt_rn(tl.sum(acc, axis=1))
+        inv = tl.div_rn(tl.zeros_like(norm) + scale, tl.maximum(norm, 1e-12))
+        for i in tl.static_range(NSEG):
+            cols = i * SEG + tl.arange(0, SEG)
+            m = rmask[:, None] & (cols < C)[None, :]
+            y = _round_fp32(xs[i] * inv[:, None], DTYPE, HW)
+            gamma = _round_fp32(tl.load(GAMMA + cols, mask=cols < C, other=0.0).to(tl.float32), DTYPE, HW)
+            y = _round_fp32(y * gamma[None, :], DTYPE, HW)
+            if SILU:
+                if FAST_SILU:
+                    y = _round_fp32(y / (1.0 + tl.exp(-y)), DTYPE, HW)
+                else:
+                    y = _round_fp32(tl.div_rn(y, 1.0 + tl.exp(-y)), DTYPE, HW)
+            tl.store(OUT + rows[:, None] * stride_op + cols[None, :], y.to(DTYPE), mask=m)
+
+    @triton.jit
     def _bias_residual_kernel(Y, BIAS, RES, n_rows, C, stride_yp, stride_rp,
                               HAS_BIAS: tl.constexpr, DTYPE: tl.constexpr, HW: tl.constexpr,
                               ROWS: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -147,9 +185,25 @@ def _launch(kernel, rows: torch.Tensor, *args, **consts) -> None:
     kernel[(triton.cdiv(P, cfg["ROWS"]),)](*args, DTYPE=_TL_DTYPE[rows.dtype], HW=not _interpreting(), **consts, **cfg)
 
 
+# The segmented norm's launch: a row as NSEG equal segments (`kernels.norms.row_tiling`: 96 = 3 x 32, 192 = 3 x 64,
+# 384 = 3 x 128), NORM_ROWS rows a program, NORM_WARPS warps; fixed (no autotuning). Why: the power-of-two tile
+# computes a third more lanes than C = 96 has, and it runs at ~1 TB/s where the bias + residual pass moves ~3 TB/s
+# (the norm is bound by instructions, not bytes). Compiled offline for sm_90 (`bench/experiments/offline_sass.py
+# vae-norm` / `vae-norm-seg`): 36 SASS instructions a value against 46 (29 with FAST_SILU). Not yet timed on a GPU
+# (session 22's device time ran out: `bash bench/device.sh vae-norm-variants`), so SEGMENTED_NORM is off: on, the
+# row's squares are summed in another order, so frames change (a `turbo_batch.NUMERICS_VERSION` bump).
+NORM_ROWS, NORM_WARPS = 64, 4
+SEGMENTED_NORM = False
+FAST_SILU = False  # True: the SiLU's division approximate (not torch's IEEE one); the benchmark's switch
+
+
 def rms_norm_silu_triton(x: torch.Tensor, gamma: torch.Tensor, silu: bool = False, out: torch.Tensor | None = None,
-                         bias: torch.Tensor | None = None) -> torch.Tensor:
-    """The Triton kernel on channels-last x and out (see the module docstring); the reference for other layouts."""
+                         bias: torch.Tensor | None = None, *, segments: bool | None = None,
+                         rows_per_program: int | None = None,
+                         num_warps: int | None = None, fast_silu: bool | None = None) -> torch.Tensor:
+    """The Triton kernel on channels-last x and out (see the module docstring); the reference for other layouts.
+    Keywords: benchmark overrides (`segments`: the segmented kernel or the power-of-two tile, default SEGMENTED_NORM;
+    its launch; `fast_silu`)."""
     if out is None:
         out = torch.empty_like(x)
     rows = _rows_of(x, out)
@@ -157,8 +211,19 @@ def rms_norm_silu_triton(x: torch.Tensor, gamma: torch.Tensor, silu: bool = Fals
         return rms_norm_silu_ref(x, gamma, silu, out, bias)
     (xr, orows), C = rows, x.shape[1]
     b = bias.reshape(-1) if bias is not None else gamma
-    _launch(_rms_norm_silu_kernel, xr, xr, gamma.reshape(-1), b, orows, xr.shape[0], C, xr.stride(0), orows.stride(0),
-            C ** 0.5, SILU=silu, HAS_BIAS=bias is not None)
+    if not (SEGMENTED_NORM if segments is None else segments):
+        _launch(_rms_norm_silu_kernel, xr, xr, gamma.reshape(-1), b, orows, xr.shape[0], C, xr.stride(0),
+                orows.stride(0), C ** 0.5, SILU=silu, HAS_BIAS=bias is not None)
+        return out
+    if xr.shape[0] == 0:
+        return out
+    seg, nseg = row_tiling(C)
+    n_rows = rows_per_program or NORM_ROWS
+    _rms_norm_silu_segments_kernel[(triton.cdiv(xr.shape[0], n_rows),)](
+        xr, gamma.reshape(-1), b, orows, xr.shape[0], xr.stride(0), orows.stride(0), C ** 0.5,
+        C=C, SEG=seg, NSEG=nseg, ROWS=n_rows, SILU=silu, HAS_BIAS=bias is not None,
+        FAST_SILU=FAST_SILU if fast_silu is None else fast_silu, DTYPE=_TL_DTYPE[x.dtype], HW=not _interpreting(),
+        num_warps=num_warps or NORM_WARPS, enable_fp_fusion=False)
     return out
 
 

@@ -36,6 +36,9 @@ for C, shape in [(96, (1, 96, 3, 10, 14)), (192, (1, 192, 2, 5, 7)), (384, (1, 3
     buf = buf.contiguous(memory_format=torch.channels_last_3d)
     rms_norm_silu_triton(x, g, True, out=buf[:, :, 2:])
     res[f"c{C}_slice"] = torch.equal(buf[:, :, 2:], rms_norm_silu_ref(x, g, True)) and bool((buf[:, :, :2] == 7).all())
+    for silu, bias_or_none in ((True, bias), (False, None)):  # the segmented kernel (vae_elementwise.SEGMENTED_NORM)
+        seg = rms_norm_silu_triton(x, g, silu, bias=bias_or_none, segments=True)
+        res[f"c{C}_segments_silu{silu}"] = torch.equal(seg, rms_norm_silu_ref(x, g, silu, bias=bias_or_none))
 frames = (torch.randn(4, 96, 6, 9) * 2).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
 g2 = torch.rand(96, 1, 1)
 res["image"] = torch.equal(rms_norm_silu_triton(frames, g2, True), rms_norm_silu_ref(frames, g2, True))
@@ -50,7 +53,7 @@ def interpreted():
 
 def test_the_kernels_in_interpreter_mode_give_the_references_bits_for_every_vae_width(interpreted):
     assert {k: v for k, v in interpreted.items() if not v} == {}
-    assert len(interpreted) == 22
+    assert len(interpreted) == 28
 
 
 def test_an_ncdhw_tensor_goes_through_the_references():
@@ -81,11 +84,16 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 @pytest.mark.gpu
 @cuda
 @pytest.mark.parametrize("C,hw", [(96, (480, 832)), (192, (240, 416)), (384, (60, 104))])
-def test_on_the_gpu_the_kernel_is_within_two_roundings_of_the_reference_and_repeats_its_bits(C, hw):
+@pytest.mark.parametrize("segmented", [False, True])
+def test_on_the_gpu_the_kernel_is_within_two_roundings_of_the_reference_and_repeats_its_bits(C, hw, segmented,
+                                                                                             monkeypatch):
     """A decode chunk's real shapes (4 frames into a buffer with 2 frames of time padding); fresh random inputs.
     The norm's fp32 sum runs in another order, so a value can land one bf16 step away before gamma and, rounded
     again after it, two steps away (measured on an H100: 5e-6 of the values, at most 1.4% relative); the SiLU is
     then applied to those values as torch applies it (the same bits there)."""
+    from kernels import vae_elementwise
+
+    monkeypatch.setattr(vae_elementwise, "SEGMENTED_NORM", segmented)
     g = torch.Generator(device="cuda").manual_seed(C)
     x = (torch.randn(1, C, 4, *hw, device="cuda", generator=g) * 3).bfloat16()
     x = x.contiguous(memory_format=torch.channels_last_3d)

@@ -61,6 +61,10 @@ KERNELS = {  # name: (kernel, constexprs, launch options, pointer dtypes other t
     "vae-norm": (vae_elementwise._rms_norm_silu_kernel,
                  dict(SILU=True, HAS_BIAS=True, DTYPE=tl.bfloat16, HW=True, ROWS=32, BLOCK_C=128),
                  dict(num_warps=4, enable_fp_fusion=False), dict(scale="fp32")),
+    "vae-norm-seg": (vae_elementwise._rms_norm_silu_segments_kernel,
+                     dict(C=96, SEG=32, NSEG=3, ROWS=64, SILU=True, HAS_BIAS=True, FAST_SILU=False, DTYPE=tl.bfloat16,
+                          HW=True),
+                     dict(num_warps=4, enable_fp_fusion=False), dict(scale="fp32")),
     "vae-bias-residual": (vae_elementwise._bias_residual_kernel,
                           dict(HAS_BIAS=True, DTYPE=tl.bfloat16, HW=True, ROWS=32, BLOCK_C=128),
                           dict(num_warps=4, enable_fp_fusion=False), {}),
@@ -82,8 +86,8 @@ def compile_sm90(fn, consts, opts, pointer_types):
             sig[name] = "*bf16"
         else:
             sig[name] = "fp32" if name in FLOAT_SCALARS else "i32"
-    div16 = [n for n in fn.arg_names
-             if sig[n].startswith("*") or (n.startswith("stride") and n != "stride_ksum") or n in ROW_LENGTHS]
+    div16 = [n for n in fn.arg_names if sig[n] != "constexpr" and (
+        sig[n].startswith("*") or (n.startswith("stride") and n != "stride_ksum") or n in ROW_LENGTHS)]
     attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in div16}
     return triton.compile(ASTSource(fn, sig, consts, attrs=attrs), target=GPUTarget("cuda", 90, 128),
                           options={"enable_fp_fusion": True, **opts})
