@@ -65,15 +65,16 @@ def test_layouts_and_kernels_it_cannot_take_are_reported_unsupported():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_on_the_gpu_it_is_as_accurate_as_cudnn_in_bf16_and_repeats_its_bits(channels=96, size=(60, 104)):
+def test_on_the_gpu_it_is_as_accurate_as_cudnn_in_bf16_and_repeats_its_bits(monkeypatch):
     from kernels.conv3d import causal_conv3d_triton
 
+    channels, size = 96, (60, 104)  # the decoder's full-resolution width, a small frame
     g = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randn(1, channels, 6, *size, device="cuda", generator=g).bfloat16().contiguous(
         memory_format=torch.channels_last_3d)
     w = (torch.randn(channels, channels, 3, 3, 3, device="cuda", generator=g) / (27 * channels) ** 0.5).bfloat16()
     b = torch.randn(channels, device="cuda", generator=g).bfloat16()
-    torch.backends.cudnn.allow_tf32 = False
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # the float32 reference in float32
     exact = F.conv3d(x.float(), w.float(), b.float(), padding=(0, 1, 1))
     cudnn = F.conv3d(x, w, b, padding=(0, 1, 1))
     ours = causal_conv3d_triton(x, w, b)

@@ -157,13 +157,7 @@ class CausalConv3d(nn.Conv3d):
             and self.dilation == (1, 1, 1) and self.groups == 1
 
     def _packed_weight(self) -> torch.Tensor:
-        """`pack_weight` of the weight in its dtype, rebuilt whenever the weight changes (derived, never saved)."""
-        w = self.weight
-        key = (w.data_ptr(), w._version, w.dtype, w.device)
-        cached = getattr(self, "_packed", None)
-        if cached is None or cached[0] != key:
-            cached = self._packed = (key, pack_weight(w).to(w.dtype))
-        return cached[1]
+        return derived_from(self, "_packed", self.weight, pack_weight)
 
 
 class RMS_norm(nn.Module):
@@ -222,6 +216,16 @@ def _layout_of(t: torch.Tensor) -> torch.memory_format:
         else torch.contiguous_format
 
 
+def derived_from(module: nn.Module, slot: str, weight: torch.Tensor, build):
+    """build(weight), cached on `module` under `slot` and rebuilt whenever the weight changes (its storage, in-place
+    version, dtype, device or layout): a derived form of a parameter, never saved with the model."""
+    key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, _layout_of(weight))
+    cached = module.__dict__.get(slot)
+    if cached is None or cached[0] != key:
+        cached = module.__dict__[slot] = (key, build(weight))
+    return cached[1]
+
+
 class Resample(nn.Module):
     """Spatial 2x up/down sampling, plus temporal 2x for the 3d modes (causal, chunk-aware)."""
 
@@ -239,7 +243,6 @@ class Resample(nn.Module):
             self.time_conv = CausalConv3d(dim, dim * 2, (3, 1, 1), padding=(1, 0, 0))
         elif mode == "downsample3d":
             self.time_conv = CausalConv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1), padding=(0, 0, 0))
-        self._subpixel: tuple = (None, None, None)  # (key, weight, bias): derived from the conv, never saved
 
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         if self.mode == "upsample3d":
@@ -265,15 +268,15 @@ class Resample(nn.Module):
         return out
 
     def _subpixel_params(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`subpixel_weight` of the conv in its dtype and layout, rebuilt whenever the conv's weight changes."""
+        """`subpixel_weight` of the conv in its dtype and layout (and its bias for the four phases), rebuilt whenever
+        the conv's weight changes."""
         conv = self.resample[1]
-        w = conv.weight
-        key = (w.data_ptr(), w._version, w.dtype, w.device, _layout_of(w))
-        if self._subpixel[0] != key:
+
+        def build(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
             weight = subpixel_weight(w).to(w.dtype).contiguous(memory_format=_layout_of(w))
-            bias = conv.bias.repeat(4) if conv.bias is not None else None
-            self._subpixel = (key, weight, bias)
-        return self._subpixel[1], self._subpixel[2]
+            return weight, conv.bias.repeat(4) if conv.bias is not None else None
+
+        return derived_from(self, "_subpixel", conv.weight, build)
 
     def _double_frames(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         """Each frame becomes two: the time conv's two channel halves. The first chunk passes through
