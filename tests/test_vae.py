@@ -173,6 +173,37 @@ def test_concurrent_calls_on_one_model_do_not_interfere(vae):
         assert torch.allclose(results[i], expected[i], atol=1e-6)
 
 
+@pytest.mark.parametrize("frames", [1, 2])
+def test_a_causal_conv_moves_its_buffers_last_frames_to_its_head_for_the_next_chunk(frames):
+    from turbo_batch.models.vae import CausalCache, CausalConv3d
+
+    conv = CausalConv3d(4, 4, 3, padding=1)
+    cache = CausalCache()
+    chunks = [torch.randn(1, 4, frames, 3, 5, generator=torch.Generator().manual_seed(s)) for s in range(3)]
+    with torch.no_grad():
+        conv(chunks[0], cache)
+        first = cache.frames[conv]
+        assert torch.equal(first[:, :, :2], torch.zeros_like(first[:, :, :2]))  # zeros before the clip starts
+        tail = first[:, :, -2:].clone()
+        conv(chunks[1], cache)
+        held = cache.frames[conv]
+    assert torch.equal(held[:, :, :2], tail) and torch.equal(held[:, :, 2:], chunks[1])
+    # a chunk of at least two frames reuses the previous buffer in place; a one-frame chunk cannot (its old tail
+    # overlaps its new head) and takes a fresh one
+    assert (held.data_ptr() == first.data_ptr()) == (frames >= 2)
+
+
+@pytest.mark.parametrize("reuse", [False, True])
+def test_reusing_the_padded_buffers_changes_no_bit_of_encode_or_decode(vae, monkeypatch, reuse):
+    from turbo_batch.models import vae as V
+
+    z, clip = latent(4, seed=40), video(9, seed=41)
+    expected = vae.decode(z), vae.encode(clip)
+    monkeypatch.setattr(V, "REUSE_PADDED_BUFFERS", reuse)
+    got = vae.decode(z), vae.encode(clip)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+
+
 def test_normalisation_is_applied_inside_encode_and_undone_inside_decode(tiny_cfg):
     """With z_dim 16, encode returns (mu - mean) / std: shifting mu by `mean` in the conv bias shows it."""
     model = random_vae(tiny_cfg, seed=1)
@@ -357,6 +388,19 @@ def test_gpu_leaving_the_residual_blocks_conv_biases_to_the_elementwise_passes_c
     folded = model.decode(z)
     monkeypatch.setattr(V, "FOLD_CONV_BIAS", False)
     assert torch.equal(folded, model.decode(z))
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_reusing_the_padded_buffers_changes_no_bit_and_holds_them_between_chunks(monkeypatch):
+    """Real-size VAE, bf16, a 3-frame latent at 240x416, on the kernel path."""
+    from turbo_batch.models import vae as V
+
+    model = random_vae(VAEConfig(), seed=21, device="cuda", dtype=torch.bfloat16)
+    z = torch.randn(1, 16, 3, 30, 52, generator=torch.Generator().manual_seed(22)).cuda()
+    reused = model.decode(z)
+    monkeypatch.setattr(V, "REUSE_PADDED_BUFFERS", False)
+    assert torch.equal(reused, model.decode(z))
 
 
 @pytest.mark.gpu

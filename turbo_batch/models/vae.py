@@ -59,6 +59,11 @@ SUBPIXEL_UPSAMPLE = True
 # summation order). Kept as the base for a conv whose epilogue does the next norm's work, which cuDNN cannot.
 TRITON_CONV = False
 
+# Causal convs keep their time-padded input buffer from chunk to chunk and move its last frames to its head: one copy
+# of two frames a conv and chunk instead of two (a copy into a fresh buffer, a clone out of it), for the buffers'
+# memory held between chunks (the same bits either way: tests/test_vae.py). False: a fresh buffer every chunk.
+REUSE_PADDED_BUFFERS = True
+
 # Per-channel latent statistics of the Wan2.1 VAE (z_dim 16): z = (mu - mean) / std.
 LATENT_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
                0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
@@ -96,9 +101,10 @@ class VAEConfig:
 class CausalCache:
     """What one encode/decode call carries from chunk to chunk, local to that call.
 
-    `frames[conv]` holds the last input frames a temporal conv saw (2 for kernel 3) (zero frames stand in for the
-    causal padding before the clip starts), `chunk` is the index of the chunk being processed, and
-    `memory_format` the activation layout used throughout the call.
+    `frames[conv]` holds what a temporal conv needs of the previous chunk: its whole time-padded input buffer
+    (`CausalConv3d`, whose trailing frames are the next chunk's padding) or the last input frame (the encoder's
+    stride-2 time conv); zero frames stand in for the causal padding before the clip starts. `chunk` is the index of
+    the chunk being processed, and `memory_format` the activation layout used throughout the call.
     """
 
     def __init__(self, memory_format: torch.memory_format = torch.contiguous_format):
@@ -133,24 +139,38 @@ class CausalConv3d(nn.Conv3d):
             if norm is not None:
                 x = norm(x, silu=True, bias=norm_bias)
             return self._conv_forward(x, self.weight, self.bias if bias else None)
-        b, c, t, h, w = x.shape
-        past = cache.frames.get(self) if cache is not None else None
-        n_past = 0 if past is None else past.shape[2]
-        n_zero = self.time_pad - n_past
-        buf = _empty_like_layout((b, c, self.time_pad + t, h, w), x, cache)
-        if n_zero:
-            buf[:, :, :n_zero].zero_()
-        if n_past:
-            buf[:, :, n_zero:self.time_pad].copy_(past)
+        buf = self._padded_buffer(x, cache)
         if norm is None:
             buf[:, :, self.time_pad:].copy_(x)
         else:
             norm(x, silu=True, out=buf[:, :, self.time_pad:], bias=norm_bias)
         if cache is not None:
-            cache.frames[self] = buf[:, :, -self.time_pad:].clone()
+            cache.frames[self] = buf  # its last time_pad frames pad the next chunk
         if TRITON_CONV and self._triton_shape() and uses_kernels(buf) and triton_conv_supports(buf, self.weight):
             return causal_conv3d_triton(buf, self.weight, self.bias if bias else None, self._packed_weight())
         return self._conv_forward(buf, self.weight, self.bias if bias else None)
+
+    def _padded_buffer(self, x: torch.Tensor, cache: CausalCache | None) -> torch.Tensor:
+        """The [b, c, time_pad + t, h, w] input buffer with its first time_pad frames filled: zeros before the clip
+        starts, else the previous chunk's last input frames.
+
+        Why: the previous chunk's buffer is reused in place when this chunk has its shape, its trailing frames moved
+        to its head (one copy of two frames; a fresh buffer costs a copy into it and a clone out of the last one).
+        The cache then holds each conv's whole buffer between chunks instead of two frames (`REUSE_PADDED_BUFFERS`).
+        """
+        b, c, t, h, w = x.shape
+        pad = self.time_pad
+        prev = cache.frames.get(self) if cache is not None else None
+        shape = (b, c, pad + t, h, w)
+        if REUSE_PADDED_BUFFERS and prev is not None and prev.shape == shape and prev.dtype == x.dtype and t >= pad:
+            prev[:, :, :pad].copy_(prev[:, :, t:])  # frames t..t+pad -> 0..pad: disjoint, since t >= pad
+            return prev
+        buf = _empty_like_layout(shape, x, cache)
+        if prev is None:
+            buf[:, :, :pad].zero_()
+        else:
+            buf[:, :, :pad].copy_(prev[:, :, -pad:])
+        return buf
 
     def _triton_shape(self) -> bool:
         return self.kernel_size == (3, 3, 3) and self.padding == (0, 1, 1) and self.stride == (1, 1, 1) \
