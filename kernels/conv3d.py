@@ -24,6 +24,9 @@ try:  # triton is a Linux-only dependency; elsewhere the reference runs
 except ImportError:  # pragma: no cover
     triton = None
 
+from kernels.norms import _TL_DTYPE, _interpreting
+from kernels.vae_elementwise import rms_norm_silu_ref
+
 # (BLOCK_M, BLOCK_K, FT, num_warps, num_stages) per channel count (C_in = C_out): fixed, never autotuned (a launch
 # shape is part of the bits). Only 96: measured on an H200 (bench/experiments/vae_conv_forms.py, one 4-frame chunk at
 # 480x832) 1.883 ms, 422 TFLOP/s, against cuDNN's 3.149 ms (its best other form, padded to 128 outputs, 2.916 ms);
@@ -58,11 +61,27 @@ if triton is not None:
         # the channel term only gives the mask the tile's shape (it is uniform along each 16-byte vector)
         return tl.load(ptrs, mask=valid[:, None] & (ci < C)[None, :], other=0.0)
 
+    from kernels.norms import _round_fp32
+    from kernels.vae_elementwise import rms_norm_silu_rows
+
+    @triton.jit
+    def _output_rows(acc, bias, gamma, norm_scale, HAS_BIAS: tl.constexpr, NORM: tl.constexpr,
+                     DTYPE: tl.constexpr, HW: tl.constexpr):
+        """One output frame's [BLOCK_M, NP] accumulator as the values to store (fp32 on DTYPE's grid): rounded, plus
+        the bias (rounded again, as PyTorch adds a conv's bias after the conv), then with NORM the RMS norm + SiLU of
+        each pixel's channels, exactly as `vae_elementwise.rms_norm_silu` computes it from the stored conv output."""
+        y = _round_fp32(acc, DTYPE, HW)
+        if HAS_BIAS:
+            y = _round_fp32(y + bias[None, :], DTYPE, HW)
+        if NORM:
+            y = rms_norm_silu_rows(y, gamma, norm_scale, True, DTYPE, HW)
+        return y
+
     @triton.jit
     def _conv3d_kernel(
-        x_ptr, w_ptr, b_ptr, out_ptr, T, T_PAD, H, W, x_batch_stride, out_batch_stride,
-        C: tl.constexpr, C_OUT: tl.constexpr, NP: tl.constexpr, HAS_BIAS: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, FT: tl.constexpr,
+        x_ptr, w_ptr, b_ptr, g_ptr, out_ptr, T, T_PAD, H, W, x_batch_stride, out_batch_stride, norm_scale,
+        C: tl.constexpr, C_OUT: tl.constexpr, NP: tl.constexpr, HAS_BIAS: tl.constexpr, NORM: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, FT: tl.constexpr, DTYPE: tl.constexpr, HW_ROUND: tl.constexpr,
     ):
         pid_p, pid_t, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         HW = H * W
@@ -101,17 +120,17 @@ if triton is not None:
                 acc1 = tl.dot(a1, b0, acc1)
                 acc1 = tl.dot(a2, b1, acc1)
                 acc1 = tl.dot(a3, b2, acc1)
-        if HAS_BIAS:  # rounded to the output dtype first, as PyTorch adds a conv's bias after the conv
-            bias = tl.load(b_ptr + cols, mask=cols < C_OUT, other=0.0).to(tl.float32)
-            acc0 = acc0.to(out_ptr.dtype.element_ty).to(tl.float32) + bias[None, :]
-            acc1 = acc1.to(out_ptr.dtype.element_ty).to(tl.float32) + bias[None, :]
+        bias = tl.load(b_ptr + cols, mask=cols < C_OUT, other=0.0).to(tl.float32)  # dummies unless used
+        gamma = _round_fp32(tl.load(g_ptr + cols, mask=cols < C_OUT, other=0.0).to(tl.float32), DTYPE, HW_ROUND)
         out_ptr += b.to(tl.int64) * out_batch_stride
         offs = p[:, None] * C_OUT + cols[None, :]
         mask = inside[:, None] & (cols < C_OUT)[None, :]
         OUT_FRAME = HW * C_OUT
-        tl.store(out_ptr + t0.to(tl.int64) * OUT_FRAME + offs, acc0.to(out_ptr.dtype.element_ty), mask=mask)
+        y0 = _output_rows(acc0, bias, gamma, norm_scale, HAS_BIAS, NORM, DTYPE, HW_ROUND)
+        tl.store(out_ptr + t0.to(tl.int64) * OUT_FRAME + offs, y0.to(DTYPE), mask=mask)
         if FT == 2:
-            tl.store(out_ptr + (t0 + 1).to(tl.int64) * OUT_FRAME + offs, acc1.to(out_ptr.dtype.element_ty),
+            y1 = _output_rows(acc1, bias, gamma, norm_scale, HAS_BIAS, NORM, DTYPE, HW_ROUND)
+            tl.store(out_ptr + (t0 + 1).to(tl.int64) * OUT_FRAME + offs, y1.to(DTYPE),
                      mask=mask & (p * 0 + t0 + 1 < T)[:, None])  # a [BLOCK_M] term: the interpreter
                                                                   # mis-types a scalar bool in a mask
 
@@ -128,10 +147,27 @@ def supported(x: torch.Tensor, weight: torch.Tensor, launch: tuple | None = None
     return x.shape[1] % launch[1] == 0 and x.is_contiguous(memory_format=torch.channels_last_3d)
 
 
+def causal_conv3d_norm_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                           gamma: torch.Tensor) -> torch.Tensor:
+    """What the kernel computes with a norm epilogue: the conv with its bias, then the VAE's RMS norm + SiLU."""
+    return rms_norm_silu_ref(causal_conv3d_ref(x, weight, None), gamma, True, bias=bias)
+
+
+def _frames_layout_ok(out: torch.Tensor) -> bool:
+    """An output [B, C, T, H, W] whose frames are channels-last and packed (any batch stride): e.g. the slice of the
+    next conv's time-padded buffer after its padding frames."""
+    _, c, t, h, w = out.shape
+    return out.stride()[1:] == (1, h * w * c, w * c, c)
+
+
 def causal_conv3d_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                         packed: torch.Tensor | None = None, launch: tuple | None = None) -> torch.Tensor:
+                         packed: torch.Tensor | None = None, launch: tuple | None = None,
+                         out: torch.Tensor | None = None, norm_gamma: torch.Tensor | None = None) -> torch.Tensor:
     """`causal_conv3d_ref` by the implicit-GEMM kernel; `packed`: `pack_weight(weight)` computed once by the caller;
-    `launch`: (BLOCK_M, BLOCK_K, FT, num_warps, num_stages), benchmarks only."""
+    `launch`: (BLOCK_M, BLOCK_K, FT, num_warps, num_stages), benchmarks only. `out`: where to write (frames
+    channels-last, e.g. a slice of the next conv's time-padded buffer); `norm_gamma`: the epilogue then applies the
+    VAE's RMS norm with this gamma and SiLU to the output (`causal_conv3d_norm_ref`), so the next conv's input is
+    written once instead of written, read and written again by a norm pass."""
     B, C, T_pad, H, W = x.shape
     c_out = weight.shape[0]
     T = T_pad - 2
@@ -140,13 +176,20 @@ def causal_conv3d_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
                          f"{tuple(weight.shape)}")
     block_m, block_k, ft, warps, stages = launch or CONV_LAUNCH[C]
     packed = pack_weight(weight).to(x.dtype) if packed is None else packed
-    out = torch.empty((B, c_out, T, H, W), dtype=x.dtype, device=x.device, memory_format=torch.channels_last_3d)
+    if out is None:
+        out = torch.empty((B, c_out, T, H, W), dtype=x.dtype, device=x.device, memory_format=torch.channels_last_3d)
+    elif out.shape != (B, c_out, T, H, W) or out.dtype != x.dtype or not _frames_layout_ok(out):
+        raise ValueError(f"causal_conv3d_triton: out must be {x.dtype} [{B}, {c_out}, {T}, {H}, {W}] with "
+                         f"channels-last frames, got {out.dtype} {tuple(out.shape)} strides {out.stride()}")
     if out.numel() == 0:
         return out
     grid = (triton.cdiv(H * W, block_m), triton.cdiv(T, ft), B)
     _conv3d_kernel[grid](
-        x, packed, bias if bias is not None else packed, out, T, T_pad, H, W, x.stride(0), out.stride(0),
-        C=C, C_OUT=c_out, NP=packed.shape[1], HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_K=block_k, FT=ft,
+        x, packed, bias if bias is not None else packed,
+        norm_gamma.reshape(-1) if norm_gamma is not None else packed, out,
+        T, T_pad, H, W, x.stride(0), out.stride(0), float(c_out) ** 0.5,
+        C=C, C_OUT=c_out, NP=packed.shape[1], HAS_BIAS=bias is not None, NORM=norm_gamma is not None,
+        BLOCK_M=block_m, BLOCK_K=block_k, FT=ft, DTYPE=_TL_DTYPE[x.dtype], HW_ROUND=not _interpreting(),
         num_warps=warps, num_stages=stages,
     )
     return out

@@ -82,6 +82,19 @@ if triton is not None:
         return rows.to(tl.int64), cols, cmask, (rows < n_rows)[:, None] & cmask[None, :]
 
     @triton.jit
+    def rms_norm_silu_rows(x, gamma, scale, SILU: tl.constexpr, DTYPE: tl.constexpr, HW: tl.constexpr):
+        """The norm of a [ROWS, BLOCK_C] fp32 tile x of DTYPE values (padded lanes 0) times gamma (fp32, rounded to
+        DTYPE), then SiLU, rounded where the reference rounds. Shared with the conv whose epilogue normalizes its
+        own output (kernels/conv3d.py)."""
+        norm = tl.sqrt_rn(tl.sum(x * x, axis=1))  # IEEE sqrt and divides, as torch computes them
+        inv = tl.div_rn(tl.zeros_like(norm) + scale, tl.maximum(norm, 1e-12))
+        y = _round_fp32(x * inv[:, None], DTYPE, HW)
+        y = _round_fp32(y * gamma[None, :], DTYPE, HW)
+        if SILU:
+            y = _round_fp32(tl.div_rn(y, 1.0 + tl.exp(-y)), DTYPE, HW)
+        return y
+
+    @triton.jit
     def _rms_norm_silu_kernel(X, GAMMA, BIAS, OUT, n_rows, C, stride_xp, stride_op, scale,
                               SILU: tl.constexpr, HAS_BIAS: tl.constexpr, DTYPE: tl.constexpr, HW: tl.constexpr,
                               ROWS: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -90,13 +103,8 @@ if triton is not None:
         if HAS_BIAS:  # masked lanes stay 0: their bias loads as 0 too
             b = _round_fp32(tl.load(BIAS + cols, mask=cmask, other=0.0).to(tl.float32), DTYPE, HW)
             x = _round_fp32(x + b[None, :], DTYPE, HW)
-        norm = tl.sqrt_rn(tl.sum(x * x, axis=1))  # IEEE sqrt and divides, as torch computes them
-        inv = tl.div_rn(tl.zeros_like(norm) + scale, tl.maximum(norm, 1e-12))
-        y = _round_fp32(x * inv[:, None], DTYPE, HW)
         gamma = _round_fp32(tl.load(GAMMA + cols, mask=cmask, other=0.0).to(tl.float32), DTYPE, HW)
-        y = _round_fp32(y * gamma[None, :], DTYPE, HW)
-        if SILU:
-            y = _round_fp32(tl.div_rn(y, 1.0 + tl.exp(-y)), DTYPE, HW)
+        y = rms_norm_silu_rows(x, gamma, scale, SILU, DTYPE, HW)
         tl.store(OUT + rows[:, None] * stride_op + cols[None, :], y.to(DTYPE), mask=mask)
 
     @triton.jit

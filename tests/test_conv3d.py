@@ -28,6 +28,18 @@ for C, c_out, T, H, W, ft, bias in [(32, 24, 3, 5, 7, 2, True), (32, 32, 4, 4, 6
     err = ((y.double() - ref).norm() / ref.norm()).item()
     res[f"c{C}_{c_out}_t{T}_ft{ft}"] = [err, list(y.shape) == list(ref.shape),
                                        y.is_contiguous(memory_format=torch.channels_last_3d)]
+# the norm epilogue, written into a slice of a time-padded buffer as the VAE's residual blocks do
+from kernels.conv3d import causal_conv3d_norm_ref
+for C, T, ft, bias in [(32, 3, 2, True), (24, 2, 1, False)]:
+    x = torch.randn(1, C, T + 2, 4, 5).contiguous(memory_format=torch.channels_last_3d)
+    w = torch.randn(C, C, 3, 3, 3) / (27 * C) ** 0.5
+    b = torch.randn(C) if bias else None
+    gamma = torch.rand(C, 1, 1, 1) + 0.5
+    buf = torch.full((1, C, T + 2, 4, 5), 7.0).contiguous(memory_format=torch.channels_last_3d)
+    y = causal_conv3d_triton(x, w, b, launch=(16, 8, ft, 4, 2), out=buf[:, :, 2:], norm_gamma=gamma)
+    ref = causal_conv3d_norm_ref(x, w, b, gamma)  # float32 on CPU
+    err = ((y.double() - ref).norm() / ref.norm()).item()
+    res[f"norm_c{C}_t{T}_ft{ft}"] = [err, y.data_ptr() == buf[:, :, 2:].data_ptr(), bool((buf[:, :, :2] == 7).all())]
 print("RESULT" + json.dumps(res))
 """
 
@@ -38,9 +50,19 @@ def interpreted():
 
 
 def test_the_kernel_in_interpreter_mode_is_the_conv_to_float32_rounding(interpreted):
-    assert len(interpreted) == 4
-    for case, (err, same_shape, channels_last) in interpreted.items():
+    convs = {k: v for k, v in interpreted.items() if not k.startswith("norm")}
+    assert len(convs) == 4
+    for case, (err, same_shape, channels_last) in convs.items():
         assert err < 1e-6 and same_shape and channels_last, case
+
+
+def test_its_norm_epilogue_writes_the_norm_and_silu_of_its_output_into_the_buffer_it_is_given(interpreted):
+    """The conv, its bias, the VAE's RMS norm and SiLU (`causal_conv3d_norm_ref`, float32) to float32 rounding,
+    written into the slice it was handed (a time-padded buffer after its two padding frames, which stay untouched)."""
+    normed = {k: v for k, v in interpreted.items() if k.startswith("norm")}
+    assert len(normed) == 2
+    for case, (err, wrote_in_place, padding_untouched) in normed.items():
+        assert err < 1e-5 and wrote_in_place and padding_untouched, case
 
 
 def test_the_packed_weight_holds_every_tap_as_rows_of_output_channels_padded_to_a_power_of_two():
@@ -85,3 +107,31 @@ def test_on_the_gpu_it_is_as_accurate_as_cudnn_in_bf16_and_repeats_its_bits(monk
     assert err(ours) <= 1.1 * err(cudnn) + 1e-4
     assert torch.equal(ours, causal_conv3d_triton(x, w, b))
     assert ours.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_the_gpu_its_norm_epilogue_is_as_accurate_as_cudnn_then_the_norm_pass_and_repeats_its_bits(monkeypatch):
+    from kernels.conv3d import causal_conv3d_norm_ref, causal_conv3d_triton
+    from kernels.vae_elementwise import rms_norm_silu
+
+    channels, size = 96, (60, 104)
+    g = torch.Generator(device="cuda").manual_seed(1)
+    x = torch.randn(1, channels, 6, *size, device="cuda", generator=g).bfloat16().contiguous(
+        memory_format=torch.channels_last_3d)
+    w = (torch.randn(channels, channels, 3, 3, 3, device="cuda", generator=g) / (27 * channels) ** 0.5).bfloat16()
+    b = torch.randn(channels, device="cuda", generator=g).bfloat16()
+    gamma = (torch.rand(channels, 1, 1, 1, device="cuda", generator=g) + 0.5).bfloat16()
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    exact = causal_conv3d_norm_ref(x.float(), w.float(), b.float(), gamma.float())
+    separate = rms_norm_silu(F.conv3d(x, w, None, padding=(0, 1, 1)), gamma, True, bias=b)  # what the VAE runs
+    buf = torch.empty(1, channels, 6, *size, device="cuda", dtype=torch.bfloat16).contiguous(
+        memory_format=torch.channels_last_3d)
+    fused = causal_conv3d_triton(x, w, b, out=buf[:, :, 2:], norm_gamma=gamma)
+
+    def err(y):
+        return ((y.float() - exact).norm() / exact.norm()).item()
+
+    assert err(fused) <= 1.1 * err(separate) + 1e-4
+    again = torch.empty_like(buf)
+    assert torch.equal(fused, causal_conv3d_triton(x, w, b, out=again[:, :, 2:], norm_gamma=gamma))

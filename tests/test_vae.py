@@ -296,6 +296,37 @@ def test_on_the_kernel_path_a_residual_blocks_conv_biases_ride_in_its_norm_and_r
     assert got["shape"] == [1, 3, 9, 32, 32] and got["rel"] < 1e-5
 
 
+EPILOGUE_NORM_SCRIPT = r"""
+import json, torch
+from omegaconf import OmegaConf
+from kernels import conv3d
+from turbo_batch.models import vae as V
+conv3d.CONV_LAUNCH = {c: (16, 8, 2, 4, 2) for c in (8, 16, 32)}  # the tiny VAE's widths take the Triton conv
+cfg = V.VAEConfig.from_dict(OmegaConf.load("conf/models/tiny-t2v.yaml").vae)
+model = V.random_vae(cfg, seed=5)
+model.channels_last = True
+z = torch.randn(1, 16, 2, 2, 2, generator=torch.Generator().manual_seed(6))
+plain = model.decode(z)
+calls = []
+run = conv3d.causal_conv3d_triton
+conv3d.causal_conv3d_triton = V.causal_conv3d_triton = lambda *a, **k: calls.append("norm_gamma" in k) or run(*a, **k)
+V.CONV_NORM_EPILOGUE = True
+fused = model.decode(z)
+print("RESULT" + json.dumps({"rel": ((fused - plain).norm() / plain.norm()).item(), "epilogues": sum(calls)}))
+"""
+
+
+def test_a_residual_blocks_first_conv_can_write_the_second_norm_into_the_second_convs_buffer():
+    """`vae.CONV_NORM_EPILOGUE`: where the Triton conv takes a block's first conv, its epilogue adds the bias and
+    applies the block's second norm + SiLU, writing the second conv's time-padded buffer directly. Interpreted on CPU
+    in float32 (the tiny VAE's widths given Triton conv launches): the decode it gives is the plain one to float32
+    rounding."""
+    from _helpers import run_interpreted
+
+    got = run_interpreted(EPILOGUE_NORM_SCRIPT, timeout=600)
+    assert got["epilogues"] > 0 and got["rel"] < 1e-5
+
+
 def test_official_layout_checkpoint_round_trip_gives_identical_outputs(vae, tiny_cfg, tmp_path):
     path = tmp_path / "Wan2.1_VAE.pth"
     save_wan_vae(vae, path)
@@ -401,6 +432,29 @@ def test_gpu_reusing_the_padded_buffers_changes_no_bit_and_holds_them_between_ch
     reused = model.decode(z)
     monkeypatch.setattr(V, "REUSE_PADDED_BUFFERS", False)
     assert torch.equal(reused, model.decode(z))
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_the_conv_norm_epilogue_decodes_as_close_to_float32_as_the_separate_passes_and_repeats_its_bits(
+        monkeypatch):
+    """Real-size VAE, bf16, a 3-frame latent at 240x416 (its full-resolution blocks take the Triton conv)."""
+    from turbo_batch.models import vae as V
+
+    model = random_vae(VAEConfig(), seed=23, device="cuda", dtype=torch.bfloat16)
+    exact_model = random_vae(VAEConfig(), seed=23, device="cuda", dtype=torch.float32)
+    z = torch.randn(1, 16, 3, 30, 52, generator=torch.Generator().manual_seed(24)).cuda()
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    exact = exact_model.decode(z)
+    separate = model.decode(z)
+    monkeypatch.setattr(V, "CONV_NORM_EPILOGUE", True)
+    fused = model.decode(z)
+
+    def err(y):
+        return ((y - exact).norm() / exact.norm()).item()
+
+    assert err(fused) <= 1.1 * err(separate) + 1e-4
+    assert torch.equal(fused, model.decode(z))
 
 
 @pytest.mark.gpu

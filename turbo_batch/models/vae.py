@@ -59,6 +59,12 @@ SUBPIXEL_UPSAMPLE = True
 # summation order). Kept as the base for a conv whose epilogue does the next norm's work, which cuDNN cannot.
 TRITON_CONV = False
 
+# A residual block's first conv, where kernels/conv3d.py takes it (the full-resolution 96-channel blocks), runs with the
+# block's second norm + SiLU in its epilogue, writing the second conv's input buffer directly: the conv's output is
+# written once instead of written, read and written again by the norm pass (4 frames of 480 x 832 are 300 MB a pass).
+# Not yet timed on a GPU, so off; on, the frames are another summation order's (the Triton conv's).
+CONV_NORM_EPILOGUE = False
+
 # Causal convs keep their time-padded input buffer from chunk to chunk and move its last frames to its head: one copy
 # of two frames a conv and chunk instead of two (a copy into a fresh buffer, a clone out of it), for the buffers'
 # memory held between chunks (the same bits either way: tests/test_vae.py). False: a fresh buffer every chunk.
@@ -139,37 +145,57 @@ class CausalConv3d(nn.Conv3d):
             if norm is not None:
                 x = norm(x, silu=True, bias=norm_bias)
             return self._conv_forward(x, self.weight, self.bias if bias else None)
-        buf = self._padded_buffer(x, cache)
+        return self.convolve(self.fill(x, cache, norm, norm_bias), bias)
+
+    def fill(self, x: torch.Tensor, cache: CausalCache | None, norm: "RMS_norm | None" = None,
+             norm_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """This chunk's time-padded input buffer: the previous chunk's last frames, then x (or norm(x + norm_bias)
+        with SiLU, written by the norm pass straight into the buffer)."""
+        buf = self.padded_buffer(x.shape, x, cache)
         if norm is None:
             buf[:, :, self.time_pad:].copy_(x)
         else:
             norm(x, silu=True, out=buf[:, :, self.time_pad:], bias=norm_bias)
-        if cache is not None:
-            cache.frames[self] = buf  # its last time_pad frames pad the next chunk
-        if TRITON_CONV and self._triton_shape() and uses_kernels(buf) and triton_conv_supports(buf, self.weight):
+        return buf
+
+    def convolve(self, buf: torch.Tensor, bias: bool = True) -> torch.Tensor:
+        """This conv over a filled time-padded buffer (`padded_buffer`)."""
+        if TRITON_CONV and self.triton_takes(buf):
             return causal_conv3d_triton(buf, self.weight, self.bias if bias else None, self._packed_weight())
         return self._conv_forward(buf, self.weight, self.bias if bias else None)
 
-    def _padded_buffer(self, x: torch.Tensor, cache: CausalCache | None) -> torch.Tensor:
-        """The [b, c, time_pad + t, h, w] input buffer with its first time_pad frames filled: zeros before the clip
-        starts, else the previous chunk's last input frames.
+    def convolve_into_norm(self, buf: torch.Tensor, out: torch.Tensor, norm: "RMS_norm") -> torch.Tensor:
+        """norm(this conv + its bias) with SiLU, written into `out` by the Triton conv's epilogue (`triton_takes`)."""
+        return causal_conv3d_triton(buf, self.weight, self.bias, self._packed_weight(), out=out, norm_gamma=norm.gamma)
+
+    def triton_takes(self, buf: torch.Tensor) -> bool:
+        """Whether kernels/conv3d.py runs this conv on `buf` (3x3x3, a CONV_LAUNCH width, channels-last, GPU)."""
+        return self._triton_shape() and uses_kernels(buf) and triton_conv_supports(buf, self.weight)
+
+    def padded_buffer(self, shape: torch.Size, like: torch.Tensor, cache: CausalCache | None) -> torch.Tensor:
+        """The [b, c, time_pad + t, h, w] input buffer of an input of `shape` (like's dtype and device) with its first
+        time_pad frames filled: zeros before the clip starts, else the previous chunk's last input frames. Kept in
+        the cache: its last time_pad frames pad the next chunk.
 
         Why: the previous chunk's buffer is reused in place when this chunk has its shape, its trailing frames moved
         to its head (one copy of two frames; a fresh buffer costs a copy into it and a clone out of the last one).
         The cache then holds each conv's whole buffer between chunks instead of two frames (`REUSE_PADDED_BUFFERS`).
         """
-        b, c, t, h, w = x.shape
+        b, c, t, h, w = shape
         pad = self.time_pad
         prev = cache.frames.get(self) if cache is not None else None
         shape = (b, c, pad + t, h, w)
-        if REUSE_PADDED_BUFFERS and prev is not None and prev.shape == shape and prev.dtype == x.dtype and t >= pad:
+        if REUSE_PADDED_BUFFERS and prev is not None and prev.shape == shape and prev.dtype == like.dtype \
+                and t >= pad:
             prev[:, :, :pad].copy_(prev[:, :, t:])  # frames t..t+pad -> 0..pad: disjoint, since t >= pad
             return prev
-        buf = _empty_like_layout(shape, x, cache)
+        buf = _empty_like_layout(shape, like, cache)
         if prev is None:
             buf[:, :, :pad].zero_()
         else:
             buf[:, :, :pad].copy_(prev[:, :, -pad:])
+        if cache is not None:
+            cache.frames[self] = buf
         return buf
 
     def _triton_shape(self) -> bool:
@@ -337,9 +363,14 @@ class ResidualBlock(nn.Module):
         norm1, _, conv1, norm2, _, _, conv2 = self.residual  # SiLU fused into the norms; dropout is 0
         h = self.shortcut(x)
         if FOLD_CONV_BIAS and uses_kernels(x):  # the biases ride in the next passes: norm2 adds conv1's, the sum conv2's
-            x = conv1(x, cache, norm=norm1, bias=False)
-            x = conv2(x, cache, norm=norm2, norm_bias=conv1.bias, bias=False)
-            return bias_residual_add_(x, conv2.bias, h)
+            buf1 = conv1.fill(x, cache, norm1)
+            if CONV_NORM_EPILOGUE and conv1.triton_takes(buf1):  # its epilogue: norm2(conv1 + bias) into conv2's buffer
+                b, _, t, height, width = x.shape
+                buf2 = conv2.padded_buffer((b, conv1.out_channels, t, height, width), x, cache)
+                conv1.convolve_into_norm(buf1, buf2[:, :, conv2.time_pad:], norm2)
+            else:
+                buf2 = conv2.fill(conv1.convolve(buf1, bias=False), cache, norm2, norm_bias=conv1.bias)
+            return bias_residual_add_(conv2.convolve(buf2, bias=False), conv2.bias, h)
         x = conv1(x, cache, norm=norm1)
         x = conv2(x, cache, norm=norm2)
         return x.add_(h)
