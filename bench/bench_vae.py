@@ -4,8 +4,8 @@ Real-size VAE (base_dim 96), random bf16 weights (speed does not depend on their
 holds the SAME weight tensors (ours renamed by `to_diffusers_state_dict`), so agreement is checked first
 (relative L2 of the decoded video), then each decode is timed with CUDA events (warmup 1, median of 3) with
 its peak memory. Our model is timed in its default channels-last layout, then with one switch flipped at a time
-(`SWITCHED_VARIANTS`: the segmented norm kernel, the Triton 96-channel conv, the block's first conv with the second
-norm in its epilogue, the upsamplers in the official order (nearest 2x, then the 3x3 conv) instead of the sub-pixel
+(`SWITCHED_VARIANTS`: the segmented norm kernel, the Triton 96-channel conv, the same with the residual blocks'
+norms and residual adds in its epilogues, the upsamplers in the official order (nearest 2x, then the 3x3 conv) instead of the sub-pixel
 conv, its norms and conv biases as torch ops instead of the fused passes (kernels/vae_elementwise.py), a fresh
 time-padded buffer for every causal conv and chunk), and in plain NCDHW. cuDNN autotuning stays off (heuristic algorithm choice is deterministic). Run from the repository root:
 
@@ -36,7 +36,7 @@ RESOLUTIONS = {"480p": (832, 480), "720p": (1280, 720)}  # (width, height), 16:9
 SWITCHED_VARIANTS = [
     ("ours (segmented norm)", vae_elementwise, "SEGMENTED_NORM"),
     ("ours (Triton 96-ch convs)", vae_module, "TRITON_CONV"),
-    ("ours (conv-norm epilogue)", vae_module, "CONV_NORM_EPILOGUE"),
+    ("ours (conv epilogues)", vae_module, "CONV_EPILOGUES"),
     ("ours (upsample, then conv)", vae_module, "SUBPIXEL_UPSAMPLE"),
     ("ours (torch elementwise)", vae_elementwise, "USE_TRITON"),
     ("ours (fresh pad buffers)", vae_module, "REUSE_PADDED_BUFFERS"),

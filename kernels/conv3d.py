@@ -65,22 +65,26 @@ if triton is not None:
     from kernels.vae_elementwise import rms_norm_silu_rows
 
     @triton.jit
-    def _output_rows(acc, bias, gamma, norm_scale, HAS_BIAS: tl.constexpr, NORM: tl.constexpr,
-                     DTYPE: tl.constexpr, HW: tl.constexpr):
+    def _output_rows(acc, bias, gamma, norm_scale, res_ptrs, mask, HAS_BIAS: tl.constexpr, NORM: tl.constexpr,
+                     RESIDUAL: tl.constexpr, DTYPE: tl.constexpr, HW: tl.constexpr):
         """One output frame's [BLOCK_M, NP] accumulator as the values to store (fp32 on DTYPE's grid): rounded, plus
         the bias (rounded again, as PyTorch adds a conv's bias after the conv), then with NORM the RMS norm + SiLU of
-        each pixel's channels, exactly as `vae_elementwise.rms_norm_silu` computes it from the stored conv output."""
+        each pixel's channels, exactly as `vae_elementwise.rms_norm_silu` computes it from the stored conv output, or
+        with RESIDUAL plus the residual (rounded), as `vae_elementwise.bias_residual_add_` does."""
         y = _round_fp32(acc, DTYPE, HW)
         if HAS_BIAS:
             y = _round_fp32(y + bias[None, :], DTYPE, HW)
         if NORM:
             y = rms_norm_silu_rows(y, gamma, norm_scale, True, DTYPE, HW)
+        if RESIDUAL:
+            y = _round_fp32(y + tl.load(res_ptrs, mask=mask, other=0.0).to(tl.float32), DTYPE, HW)
         return y
 
     @triton.jit
     def _conv3d_kernel(
-        x_ptr, w_ptr, b_ptr, g_ptr, out_ptr, T, T_PAD, H, W, x_batch_stride, out_batch_stride, norm_scale,
-        C: tl.constexpr, C_OUT: tl.constexpr, NP: tl.constexpr, HAS_BIAS: tl.constexpr, NORM: tl.constexpr,
+        x_ptr, w_ptr, b_ptr, g_ptr, r_ptr, out_ptr, T, T_PAD, H, W, x_batch_stride, r_batch_stride, out_batch_stride,
+        norm_scale, C: tl.constexpr, C_OUT: tl.constexpr, NP: tl.constexpr, HAS_BIAS: tl.constexpr,
+        NORM: tl.constexpr, RESIDUAL: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, FT: tl.constexpr, DTYPE: tl.constexpr, HW_ROUND: tl.constexpr,
     ):
         pid_p, pid_t, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -123,16 +127,19 @@ if triton is not None:
         bias = tl.load(b_ptr + cols, mask=cols < C_OUT, other=0.0).to(tl.float32)  # dummies unless used
         gamma = _round_fp32(tl.load(g_ptr + cols, mask=cols < C_OUT, other=0.0).to(tl.float32), DTYPE, HW_ROUND)
         out_ptr += b.to(tl.int64) * out_batch_stride
+        r_ptr += b.to(tl.int64) * r_batch_stride
         offs = p[:, None] * C_OUT + cols[None, :]
         mask = inside[:, None] & (cols < C_OUT)[None, :]
         OUT_FRAME = HW * C_OUT
-        y0 = _output_rows(acc0, bias, gamma, norm_scale, HAS_BIAS, NORM, DTYPE, HW_ROUND)
-        tl.store(out_ptr + t0.to(tl.int64) * OUT_FRAME + offs, y0.to(DTYPE), mask=mask)
+        at0 = t0.to(tl.int64) * OUT_FRAME + offs
+        y0 = _output_rows(acc0, bias, gamma, norm_scale, r_ptr + at0, mask, HAS_BIAS, NORM, RESIDUAL, DTYPE, HW_ROUND)
+        tl.store(out_ptr + at0, y0.to(DTYPE), mask=mask)
         if FT == 2:
-            y1 = _output_rows(acc1, bias, gamma, norm_scale, HAS_BIAS, NORM, DTYPE, HW_ROUND)
-            tl.store(out_ptr + (t0 + 1).to(tl.int64) * OUT_FRAME + offs, y1.to(DTYPE),
-                     mask=mask & (p * 0 + t0 + 1 < T)[:, None])  # a [BLOCK_M] term: the interpreter
-                                                                  # mis-types a scalar bool in a mask
+            at1 = at0 + OUT_FRAME
+            mask1 = mask & (p * 0 + t0 + 1 < T)[:, None]  # a [BLOCK_M] term: the interpreter mis-types a scalar
+            y1 = _output_rows(acc1, bias, gamma, norm_scale, r_ptr + at1, mask1, HAS_BIAS, NORM, RESIDUAL, DTYPE,
+                              HW_ROUND)                   # bool in a mask
+            tl.store(out_ptr + at1, y1.to(DTYPE), mask=mask1)
 
 
 def supported(x: torch.Tensor, weight: torch.Tensor, launch: tuple | None = None) -> bool:
@@ -153,21 +160,24 @@ def causal_conv3d_norm_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     return rms_norm_silu_ref(causal_conv3d_ref(x, weight, None), gamma, True, bias=bias)
 
 
-def _frames_layout_ok(out: torch.Tensor) -> bool:
+def frames_layout_ok(out: torch.Tensor) -> bool:
     """An output [B, C, T, H, W] whose frames are channels-last and packed (any batch stride): e.g. the slice of the
     next conv's time-padded buffer after its padding frames."""
     _, c, t, h, w = out.shape
-    return out.stride()[1:] == (1, h * w * c, w * c, c)
+    s = out.stride()
+    return s[1] == 1 and s[3:] == (w * c, c) and (t == 1 or s[2] == h * w * c)
 
 
 def causal_conv3d_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                          packed: torch.Tensor | None = None, launch: tuple | None = None,
-                         out: torch.Tensor | None = None, norm_gamma: torch.Tensor | None = None) -> torch.Tensor:
+                         out: torch.Tensor | None = None, norm_gamma: torch.Tensor | None = None,
+                         residual: torch.Tensor | None = None) -> torch.Tensor:
     """`causal_conv3d_ref` by the implicit-GEMM kernel; `packed`: `pack_weight(weight)` computed once by the caller;
     `launch`: (BLOCK_M, BLOCK_K, FT, num_warps, num_stages), benchmarks only. `out`: where to write (frames
-    channels-last, e.g. a slice of the next conv's time-padded buffer); `norm_gamma`: the epilogue then applies the
-    VAE's RMS norm with this gamma and SiLU to the output (`causal_conv3d_norm_ref`), so the next conv's input is
-    written once instead of written, read and written again by a norm pass."""
+    channels-last, e.g. a slice of the next conv's time-padded buffer). Epilogues, each saving a pass over the output:
+    `norm_gamma` applies the VAE's RMS norm with this gamma and SiLU to the output (`causal_conv3d_norm_ref`), so the
+    next conv's input is written once instead of written, read and written again; `residual` (the output's shape,
+    frames channels-last) is added after the bias, as `vae_elementwise.bias_residual_add_` adds it."""
     B, C, T_pad, H, W = x.shape
     c_out = weight.shape[0]
     T = T_pad - 2
@@ -178,17 +188,24 @@ def causal_conv3d_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     packed = pack_weight(weight).to(x.dtype) if packed is None else packed
     if out is None:
         out = torch.empty((B, c_out, T, H, W), dtype=x.dtype, device=x.device, memory_format=torch.channels_last_3d)
-    elif out.shape != (B, c_out, T, H, W) or out.dtype != x.dtype or not _frames_layout_ok(out):
+    elif out.shape != (B, c_out, T, H, W) or out.dtype != x.dtype or not frames_layout_ok(out):
         raise ValueError(f"causal_conv3d_triton: out must be {x.dtype} [{B}, {c_out}, {T}, {H}, {W}] with "
                          f"channels-last frames, got {out.dtype} {tuple(out.shape)} strides {out.stride()}")
+    if residual is not None and (residual.shape != out.shape or residual.dtype != x.dtype
+                                 or not frames_layout_ok(residual)):
+        raise ValueError(f"causal_conv3d_triton: residual must be {x.dtype} {tuple(out.shape)} with channels-last "
+                         f"frames, got {residual.dtype} {tuple(residual.shape)} strides {residual.stride()}")
+    if norm_gamma is not None and residual is not None:
+        raise ValueError("causal_conv3d_triton: one epilogue at a time (norm_gamma or residual)")
     if out.numel() == 0:
         return out
     grid = (triton.cdiv(H * W, block_m), triton.cdiv(T, ft), B)
     _conv3d_kernel[grid](
         x, packed, bias if bias is not None else packed,
-        norm_gamma.reshape(-1) if norm_gamma is not None else packed, out,
-        T, T_pad, H, W, x.stride(0), out.stride(0), float(c_out) ** 0.5,
-        C=C, C_OUT=c_out, NP=packed.shape[1], HAS_BIAS=bias is not None, NORM=norm_gamma is not None,
+        norm_gamma.reshape(-1) if norm_gamma is not None else packed, residual if residual is not None else out,
+        out, T, T_pad, H, W, x.stride(0), (residual if residual is not None else out).stride(0), out.stride(0),
+        float(c_out) ** 0.5, C=C, C_OUT=c_out, NP=packed.shape[1], HAS_BIAS=bias is not None,
+        NORM=norm_gamma is not None, RESIDUAL=residual is not None,
         BLOCK_M=block_m, BLOCK_K=block_k, FT=ft, DTYPE=_TL_DTYPE[x.dtype], HW_ROUND=not _interpreting(),
         num_warps=warps, num_stages=stages,
     )

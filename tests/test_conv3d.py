@@ -40,6 +40,11 @@ for C, T, ft, bias in [(32, 3, 2, True), (24, 2, 1, False)]:
     ref = causal_conv3d_norm_ref(x, w, b, gamma)  # float32 on CPU
     err = ((y.double() - ref).norm() / ref.norm()).item()
     res[f"norm_c{C}_t{T}_ft{ft}"] = [err, y.data_ptr() == buf[:, :, 2:].data_ptr(), bool((buf[:, :, :2] == 7).all())]
+    # the residual epilogue: conv + bias + residual
+    r = torch.randn(1, C, T, 4, 5).contiguous(memory_format=torch.channels_last_3d)
+    y = causal_conv3d_triton(x, w, b, launch=(16, 8, ft, 4, 2), residual=r)
+    ref = causal_conv3d_ref(x.double(), w.double(), None if b is None else b.double()) + r.double()
+    res[f"residual_c{C}_t{T}_ft{ft}"] = [((y.double() - ref).norm() / ref.norm()).item()]
 print("RESULT" + json.dumps(res))
 """
 
@@ -50,7 +55,7 @@ def interpreted():
 
 
 def test_the_kernel_in_interpreter_mode_is_the_conv_to_float32_rounding(interpreted):
-    convs = {k: v for k, v in interpreted.items() if not k.startswith("norm")}
+    convs = {k: v for k, v in interpreted.items() if k.startswith("c")}
     assert len(convs) == 4
     for case, (err, same_shape, channels_last) in convs.items():
         assert err < 1e-6 and same_shape and channels_last, case
@@ -63,6 +68,13 @@ def test_its_norm_epilogue_writes_the_norm_and_silu_of_its_output_into_the_buffe
     assert len(normed) == 2
     for case, (err, wrote_in_place, padding_untouched) in normed.items():
         assert err < 1e-5 and wrote_in_place and padding_untouched, case
+
+
+def test_its_residual_epilogue_adds_the_residual_after_the_bias(interpreted):
+    added = {k: v for k, v in interpreted.items() if k.startswith("residual")}
+    assert len(added) == 2
+    for case, (err,) in added.items():
+        assert err < 1e-6, case
 
 
 def test_the_packed_weight_holds_every_tap_as_rows_of_output_channels_padded_to_a_power_of_two():
@@ -135,3 +147,21 @@ def test_on_the_gpu_its_norm_epilogue_is_as_accurate_as_cudnn_then_the_norm_pass
     assert err(fused) <= 1.1 * err(separate) + 1e-4
     again = torch.empty_like(buf)
     assert torch.equal(fused, causal_conv3d_triton(x, w, b, out=again[:, :, 2:], norm_gamma=gamma))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_the_gpu_its_residual_epilogue_gives_the_bits_of_the_separate_bias_and_residual_pass():
+    from kernels.conv3d import causal_conv3d_triton
+    from kernels.vae_elementwise import bias_residual_add_
+
+    channels, size = 96, (60, 104)
+    g = torch.Generator(device="cuda").manual_seed(2)
+    x = torch.randn(1, channels, 6, *size, device="cuda", generator=g).bfloat16().contiguous(
+        memory_format=torch.channels_last_3d)
+    w = (torch.randn(channels, channels, 3, 3, 3, device="cuda", generator=g) / (27 * channels) ** 0.5).bfloat16()
+    b = torch.randn(channels, device="cuda", generator=g).bfloat16()
+    r = torch.randn(1, channels, 4, *size, device="cuda", generator=g).bfloat16().contiguous(
+        memory_format=torch.channels_last_3d)
+    separate = bias_residual_add_(causal_conv3d_triton(x, w), b, r)
+    assert torch.equal(causal_conv3d_triton(x, w, b, residual=r), separate)

@@ -65,10 +65,10 @@ KERNELS = {  # name: (kernel, constexprs, launch options, pointer dtypes other t
                      dict(C=96, SEG=32, NSEG=3, ROWS=64, SILU=True, HAS_BIAS=True, FAST_SILU=False, DTYPE=tl.bfloat16,
                           HW=True),
                      dict(num_warps=4, enable_fp_fusion=False), dict(scale="fp32")),
-    # the 96-channel implicit-GEMM conv (kernels/conv3d.py, CONV_LAUNCH[96]); --consts '{"NORM": true}': with the
-    # next norm + SiLU in its epilogue (vae.CONV_NORM_EPILOGUE)
+    # the 96-channel implicit-GEMM conv (kernels/conv3d.py, CONV_LAUNCH[96]); --consts '{"NORM": true}' or
+    # '{"RESIDUAL": true}': with the next norm + SiLU or the residual add in its epilogue (vae.CONV_EPILOGUES)
     "conv3d": (conv3d._conv3d_kernel,
-               dict(C=96, C_OUT=96, NP=128, HAS_BIAS=True, NORM=False, BLOCK_M=128, BLOCK_K=32, FT=2,
+               dict(C=96, C_OUT=96, NP=128, HAS_BIAS=True, NORM=False, RESIDUAL=False, BLOCK_M=128, BLOCK_K=32, FT=2,
                     DTYPE=tl.bfloat16, HW_ROUND=True),
                dict(num_warps=8, num_stages=3, enable_fp_fusion=True),
                dict(T="i32", T_PAD="i32", norm_scale="fp32")),
@@ -77,7 +77,7 @@ KERNELS = {  # name: (kernel, constexprs, launch options, pointer dtypes other t
                           dict(num_warps=4, enable_fp_fusion=False), {}),
 }
 # 16-divisible at the DiT's widths and the VAE's frame sizes: the JIT specialises them, so the loads vectorise
-ROW_LENGTHS = ("C", "HD", "W", "x_batch_stride", "out_batch_stride")
+ROW_LENGTHS = ("C", "HD", "W", "x_batch_stride", "r_batch_stride", "out_batch_stride")
 FLOAT_SCALARS = ("qk_scale", "eps_over_len", "inv_len", "eps")
 OPCODE = re.compile(r"^\s+/\*([0-9a-f]+)\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_.]+)(.*)$")
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.conv3d import causal_conv3d_triton, pack_weight
+from kernels.conv3d import causal_conv3d_triton, frames_layout_ok, pack_weight
 from kernels.conv3d import supported as triton_conv_supports
 from kernels.vae_elementwise import bias_residual_add_, rms_norm_silu, uses_kernels
 
@@ -59,11 +59,12 @@ SUBPIXEL_UPSAMPLE = True
 # summation order). Kept as the base for a conv whose epilogue does the next norm's work, which cuDNN cannot.
 TRITON_CONV = False
 
-# A residual block's first conv, where kernels/conv3d.py takes it (the full-resolution 96-channel blocks), runs with the
-# block's second norm + SiLU in its epilogue, writing the second conv's input buffer directly: the conv's output is
-# written once instead of written, read and written again by the norm pass (4 frames of 480 x 832 are 300 MB a pass).
-# Not yet timed on a GPU, so off; on, the frames are another summation order's (the Triton conv's).
-CONV_NORM_EPILOGUE = False
+# Where kernels/conv3d.py takes a residual block's convs (the full-resolution 96-channel blocks), they run there with the
+# block's elementwise work in their epilogues: the first conv adds its bias and applies the second norm + SiLU,
+# writing the second conv's input buffer directly, and the second adds its bias and the residual. Each output is then
+# written once instead of written, read and written again by a separate pass (4 frames of 480 x 832 are 300 MB a
+# pass). Not yet timed on a GPU, so off; on, the frames are another summation order's (the Triton conv's).
+CONV_EPILOGUES = False
 
 # Causal convs keep their time-padded input buffer from chunk to chunk and move its last frames to its head: one copy
 # of two frames a conv and chunk instead of two (a copy into a fresh buffer, a clone out of it), for the buffers'
@@ -167,6 +168,12 @@ class CausalConv3d(nn.Conv3d):
     def convolve_into_norm(self, buf: torch.Tensor, out: torch.Tensor, norm: "RMS_norm") -> torch.Tensor:
         """norm(this conv + its bias) with SiLU, written into `out` by the Triton conv's epilogue (`triton_takes`)."""
         return causal_conv3d_triton(buf, self.weight, self.bias, self._packed_weight(), out=out, norm_gamma=norm.gamma)
+
+    def convolve_add(self, buf: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """This conv + its bias + residual: by the Triton conv's epilogue where it takes them, else a separate pass."""
+        if self.triton_takes(buf) and frames_layout_ok(residual):
+            return causal_conv3d_triton(buf, self.weight, self.bias, self._packed_weight(), residual=residual)
+        return bias_residual_add_(self.convolve(buf, bias=False), self.bias, residual)
 
     def triton_takes(self, buf: torch.Tensor) -> bool:
         """Whether kernels/conv3d.py runs this conv on `buf` (3x3x3, a CONV_LAUNCH width, channels-last, GPU)."""
@@ -364,12 +371,12 @@ class ResidualBlock(nn.Module):
         h = self.shortcut(x)
         if FOLD_CONV_BIAS and uses_kernels(x):  # the biases ride in the next passes: norm2 adds conv1's, the sum conv2's
             buf1 = conv1.fill(x, cache, norm1)
-            if CONV_NORM_EPILOGUE and conv1.triton_takes(buf1):  # its epilogue: norm2(conv1 + bias) into conv2's buffer
+            if CONV_EPILOGUES and conv1.triton_takes(buf1):  # its epilogue: norm2(conv1 + bias) into conv2's buffer
                 b, _, t, height, width = x.shape
                 buf2 = conv2.padded_buffer((b, conv1.out_channels, t, height, width), x, cache)
                 conv1.convolve_into_norm(buf1, buf2[:, :, conv2.time_pad:], norm2)
-            else:
-                buf2 = conv2.fill(conv1.convolve(buf1, bias=False), cache, norm2, norm_bias=conv1.bias)
+                return conv2.convolve_add(buf2, h)
+            buf2 = conv2.fill(conv1.convolve(buf1, bias=False), cache, norm2, norm_bias=conv1.bias)
             return bias_residual_add_(conv2.convolve(buf2, bias=False), conv2.bias, h)
         x = conv1(x, cache, norm=norm1)
         x = conv2(x, cache, norm=norm2)
