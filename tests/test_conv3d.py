@@ -97,17 +97,23 @@ def test_layouts_and_kernels_it_cannot_take_are_reported_unsupported():
                          torch.randn(192, 192, 3, 3, 3))  # cuDNN's own convs are the faster ones there
 
 
+def gpu_conv_inputs(seed: int, channels: int = 96, size: tuple = (60, 104)):
+    """bf16 channels-last x (6 padded frames), weight, bias and the generator: the decoder's full-resolution width,
+    a small frame."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    x = torch.randn(1, channels, 6, *size, device="cuda", generator=g).bfloat16().contiguous(
+        memory_format=torch.channels_last_3d)
+    w = (torch.randn(channels, channels, 3, 3, 3, device="cuda", generator=g) / (27 * channels) ** 0.5).bfloat16()
+    b = torch.randn(channels, device="cuda", generator=g).bfloat16()
+    return x, w, b, g
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_on_the_gpu_it_is_as_accurate_as_cudnn_in_bf16_and_repeats_its_bits(monkeypatch):
     from kernels.conv3d import causal_conv3d_triton
 
-    channels, size = 96, (60, 104)  # the decoder's full-resolution width, a small frame
-    g = torch.Generator(device="cuda").manual_seed(0)
-    x = torch.randn(1, channels, 6, *size, device="cuda", generator=g).bfloat16().contiguous(
-        memory_format=torch.channels_last_3d)
-    w = (torch.randn(channels, channels, 3, 3, 3, device="cuda", generator=g) / (27 * channels) ** 0.5).bfloat16()
-    b = torch.randn(channels, device="cuda", generator=g).bfloat16()
+    x, w, b, _ = gpu_conv_inputs(0)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # the float32 reference in float32
     exact = F.conv3d(x.float(), w.float(), b.float(), padding=(0, 1, 1))
     cudnn = F.conv3d(x, w, b, padding=(0, 1, 1))
@@ -127,18 +133,12 @@ def test_on_the_gpu_its_norm_epilogue_is_as_accurate_as_cudnn_then_the_norm_pass
     from kernels.conv3d import causal_conv3d_norm_ref, causal_conv3d_triton
     from kernels.vae_elementwise import rms_norm_silu
 
-    channels, size = 96, (60, 104)
-    g = torch.Generator(device="cuda").manual_seed(1)
-    x = torch.randn(1, channels, 6, *size, device="cuda", generator=g).bfloat16().contiguous(
-        memory_format=torch.channels_last_3d)
-    w = (torch.randn(channels, channels, 3, 3, 3, device="cuda", generator=g) / (27 * channels) ** 0.5).bfloat16()
-    b = torch.randn(channels, device="cuda", generator=g).bfloat16()
-    gamma = (torch.rand(channels, 1, 1, 1, device="cuda", generator=g) + 0.5).bfloat16()
+    x, w, b, g = gpu_conv_inputs(1)
+    gamma = (torch.rand(96, 1, 1, 1, device="cuda", generator=g) + 0.5).bfloat16()
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     exact = causal_conv3d_norm_ref(x.float(), w.float(), b.float(), gamma.float())
     separate = rms_norm_silu(F.conv3d(x, w, None, padding=(0, 1, 1)), gamma, True, bias=b)  # what the VAE runs
-    buf = torch.empty(1, channels, 6, *size, device="cuda", dtype=torch.bfloat16).contiguous(
-        memory_format=torch.channels_last_3d)
+    buf = torch.empty_like(x)
     fused = causal_conv3d_triton(x, w, b, out=buf[:, :, 2:], norm_gamma=gamma)
 
     def err(y):
@@ -155,13 +155,8 @@ def test_on_the_gpu_its_residual_epilogue_gives_the_bits_of_the_separate_bias_an
     from kernels.conv3d import causal_conv3d_triton
     from kernels.vae_elementwise import bias_residual_add_
 
-    channels, size = 96, (60, 104)
-    g = torch.Generator(device="cuda").manual_seed(2)
-    x = torch.randn(1, channels, 6, *size, device="cuda", generator=g).bfloat16().contiguous(
-        memory_format=torch.channels_last_3d)
-    w = (torch.randn(channels, channels, 3, 3, 3, device="cuda", generator=g) / (27 * channels) ** 0.5).bfloat16()
-    b = torch.randn(channels, device="cuda", generator=g).bfloat16()
-    r = torch.randn(1, channels, 4, *size, device="cuda", generator=g).bfloat16().contiguous(
+    x, w, b, g = gpu_conv_inputs(2)
+    r = torch.randn(1, 96, 4, 60, 104, device="cuda", generator=g).bfloat16().contiguous(
         memory_format=torch.channels_last_3d)
     separate = bias_residual_add_(causal_conv3d_triton(x, w), b, r)
     assert torch.equal(causal_conv3d_triton(x, w, b, residual=r), separate)
