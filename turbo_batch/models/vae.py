@@ -56,7 +56,7 @@ SUBPIXEL_UPSAMPLE = True
 # The full-resolution 96-channel 3x3x3 convs by kernels/conv3d.py's implicit GEMM instead of cuDNN. Off: measured
 # inside a 480p decode on an H100 (session 22) it is as fast as the kernel cuDNN's mode B heuristic picks (1.88 ms a
 # chunk each, decode 822 vs 819 ms), and its frames would not be `turbo_batch.NUMERICS_VERSION` 2's (another
-# summation order). Kept as the base for a conv whose epilogue does the next norm's work, which cuDNN cannot.
+# summation order). What it adds over cuDNN is its epilogues: `CONV_EPILOGUES`.
 TRITON_CONV = False
 
 # Where kernels/conv3d.py takes a residual block's convs (the full-resolution 96-channel blocks), they run there with the
