@@ -5,9 +5,10 @@ holds the SAME weight tensors (ours renamed by `to_diffusers_state_dict`), so ag
 (relative L2 of the decoded video), then each decode is timed with CUDA events (warmup 1, median of 3) with
 its peak memory. Our model is timed in its default channels-last layout, then with one switch flipped at a time
 (`SWITCHED_VARIANTS`: the segmented norm kernel, the Triton 96-channel conv, the same with the residual blocks'
-norms and residual adds in its epilogues, the upsamplers in the official order (nearest 2x, then the 3x3 conv) instead of the sub-pixel
-conv, its norms and conv biases as torch ops instead of the fused passes (kernels/vae_elementwise.py), a fresh
-time-padded buffer for every causal conv and chunk), and in plain NCDHW. cuDNN autotuning stays off (heuristic algorithm choice is deterministic). Run from the repository root:
+norms and residual adds in its epilogues, the upsamplers in the official order (nearest 2x, then the 3x3 conv)
+instead of the sub-pixel conv, its norms and conv biases as torch ops instead of the fused passes
+(kernels/vae_elementwise.py), a fresh time-padded buffer for every causal conv and chunk), and in plain NCDHW.
+cuDNN autotuning stays off (heuristic algorithm choice is deterministic). Run from the repository root:
 
     python bench/bench_vae.py                 # 480p, 81 frames: latent [1,16,21,60,104]
     python bench/bench_vae.py --res 720p      # latent [1,16,21,90,160]
