@@ -82,17 +82,31 @@ if triton is not None:
         return rows.to(tl.int64), cols, cmask, (rows < n_rows)[:, None] & cmask[None, :]
 
     @triton.jit
+    def _inverse_norm(sum_sq, scale):
+        """scale / max(||x||, eps) per row from its sum of squares: IEEE sqrt and division, as torch computes them."""
+        norm = tl.sqrt_rn(sum_sq)
+        return tl.div_rn(tl.zeros_like(norm) + scale, tl.maximum(norm, 1e-12))
+
+    @triton.jit
+    def _normalize_silu(x, inv, gamma, SILU: tl.constexpr, FAST_SILU: tl.constexpr, DTYPE: tl.constexpr,
+                        HW: tl.constexpr):
+        """x * inv, times gamma, then SiLU, each rounded to DTYPE where the reference rounds. FAST_SILU: the SiLU's
+        division approximate instead of IEEE."""
+        y = _round_fp32(x * inv[:, None], DTYPE, HW)
+        y = _round_fp32(y * gamma[None, :], DTYPE, HW)
+        if SILU:
+            if FAST_SILU:
+                y = _round_fp32(y / (1.0 + tl.exp(-y)), DTYPE, HW)
+            else:
+                y = _round_fp32(tl.div_rn(y, 1.0 + tl.exp(-y)), DTYPE, HW)
+        return y
+
+    @triton.jit
     def rms_norm_silu_rows(x, gamma, scale, SILU: tl.constexpr, DTYPE: tl.constexpr, HW: tl.constexpr):
         """The norm of a [ROWS, BLOCK_C] fp32 tile x of DTYPE values (padded lanes 0) times gamma (fp32, rounded to
         DTYPE), then SiLU, rounded where the reference rounds. Shared with the conv whose epilogue normalizes its
         own output (kernels/conv3d.py)."""
-        norm = tl.sqrt_rn(tl.sum(x * x, axis=1))  # IEEE sqrt and divides, as torch computes them
-        inv = tl.div_rn(tl.zeros_like(norm) + scale, tl.maximum(norm, 1e-12))
-        y = _round_fp32(x * inv[:, None], DTYPE, HW)
-        y = _round_fp32(y * gamma[None, :], DTYPE, HW)
-        if SILU:
-            y = _round_fp32(tl.div_rn(y, 1.0 + tl.exp(-y)), DTYPE, HW)
-        return y
+        return _normalize_silu(x, _inverse_norm(tl.sum(x * x, axis=1), scale), gamma, SILU, False, DTYPE, HW)
 
     @triton.jit
     def _rms_norm_silu_kernel(X, GAMMA, BIAS, OUT, n_rows, C, stride_xp, stride_op, scale,
@@ -130,19 +144,12 @@ if triton is not None:
         acc = xs[0] * xs[0]
         for i in tl.static_range(1, NSEG):
             acc = acc + xs[i] * xs[i]
-        norm = tl.sqrt_rn(tl.sum(acc, axis=1))
-        inv = tl.div_rn(tl.zeros_like(norm) + scale, tl.maximum(norm, 1e-12))
+        inv = _inverse_norm(tl.sum(acc, axis=1), scale)
         for i in tl.static_range(NSEG):
             cols = i * SEG + tl.arange(0, SEG)
             m = rmask[:, None] & (cols < C)[None, :]
-            y = _round_fp32(xs[i] * inv[:, None], DTYPE, HW)
             gamma = _round_fp32(tl.load(GAMMA + cols, mask=cols < C, other=0.0).to(tl.float32), DTYPE, HW)
-            y = _round_fp32(y * gamma[None, :], DTYPE, HW)
-            if SILU:
-                if FAST_SILU:
-                    y = _round_fp32(y / (1.0 + tl.exp(-y)), DTYPE, HW)
-                else:
-                    y = _round_fp32(tl.div_rn(y, 1.0 + tl.exp(-y)), DTYPE, HW)
+            y = _normalize_silu(xs[i], inv, gamma, SILU, FAST_SILU, DTYPE, HW)
             tl.store(OUT + rows[:, None] * stride_op + cols[None, :], y.to(DTYPE), mask=m)
 
     @triton.jit
