@@ -33,3 +33,20 @@ def test_index_shards_are_replaced_not_appended(tmp_path):
     store.write_index(pa.table({"row": list(range(4))}), shard_rows=3)
     assert sorted(os.listdir(tmp_path / "index")) == ["part-00000.parquet", "part-00001.parquet"]
     assert store.read_index().column("row").to_pylist() == [0, 1, 2, 3]
+
+
+def test_a_finished_run_sweeps_the_temp_files_its_killed_writers_left_and_no_one_elses(tmp_path):
+    run, other = Store(str(tmp_path), writer_tag="run1"), Store(str(tmp_path), writer_tag="run2")
+    run.write_bytes("videos/ab/abc.mp4", b"done")
+    (tmp_path / "videos/ab/abd.mp4.tmp-run1-0123abcd").write_bytes(b"half a video")  # an actor killed mid-write
+    (tmp_path / "records/ab").mkdir(parents=True)
+    (tmp_path / "records/ab/abd.json.tmp-run1-4567abcd").write_bytes(b"{")
+    (tmp_path / "videos/ab/abe.mp4.tmp-run2-89abcdef").write_bytes(b"another run, still writing")
+    stale = tmp_path / "videos/ab/abf.mp4.tmp-run0-00000000"
+    stale.write_bytes(b"a run killed yesterday")
+    os.utime(stale, (0, 0))
+
+    assert run.remove_orphaned_temps() == 3
+    assert sorted(p.name for p in (tmp_path / "videos/ab").iterdir()) == ["abc.mp4", "abe.mp4.tmp-run2-89abcdef"]
+    assert list((tmp_path / "records/ab").iterdir()) == []
+    assert other.read_bytes("videos/ab/abc.mp4") == b"done"

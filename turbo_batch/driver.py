@@ -10,6 +10,7 @@ import collections
 import json
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -74,7 +75,7 @@ def render(manifest_uri: str, out_uri: str, cfg: DictConfig, *, address: str | N
     cfg_yaml = OmegaConf.to_yaml(cfg)
     runtime = ray.get(ray.remote(describe_runtime).options(num_gpus=gpus_per_actor, num_cpus=0).remote(cfg_yaml))
     rt_id = runtime_id(runtime)
-    store = Store(out_uri)
+    store = Store(out_uri, writer_tag=uuid.uuid4().hex[:8])  # this run's tag: the driver and its actors share it
     store.write_bytes("config.yaml", cfg_yaml.encode())  # what `verify` needs to re-render rows exactly
 
     from .models.loader import weights_id
@@ -106,6 +107,9 @@ def render(manifest_uri: str, out_uri: str, cfg: DictConfig, *, address: str | N
         if todo:
             rendered = _dispatch(list(todo.values()), cfg, cfg_yaml, out_uri, runtime, n_actors, gpus_per_actor,
                                  cpus_per_actor, manifest_uri, progress, store, table, rows, records)
+        swept = store.remove_orphaned_temps()  # every actor has stopped: a temp of this run's tag is a killed write's
+        if swept:
+            progress.log(f"removed {swept} temp file(s) left by writes that a killed actor never finished")
     finally:
         progress.stop()
         records = store.all_records()  # once per run: also picks up rows whose results never reached the driver
@@ -146,7 +150,7 @@ def _dispatch(todo: list[ManifestRow], cfg, cfg_yaml, out_uri, runtime, n_actors
 
     def spawn(slot: int):
         generation[slot] += 1
-        actors[slot] = Actor.remote(cfg_yaml, out_uri, runtime, f"actor-{slot}.{generation[slot]}")
+        actors[slot] = Actor.remote(cfg_yaml, out_uri, runtime, f"actor-{slot}.{generation[slot]}", store.writer_tag)
         actor_model[slot] = None
 
     def next_row(slot: int):

@@ -5,7 +5,9 @@ Layout of OUT (a local path or any pyarrow filesystem URI: file://, s3://, gs://
     records/<kk>/<key>.json      its outcome: written only after the MP4 is durable, so a record means done
     index/part-NNNNN.parquet     one row per manifest row (status, hashes, params, timings, passthrough columns)
     summary.json                 the run's summary
-Every write is atomic (temp object + rename), so a crash leaves either the old file or the new one.
+Every write is atomic (temp object + rename), so a crash leaves either the old file or the new one, plus at most
+an orphaned temp object (`<target>.tmp-<writer tag>-<random>`) that the next finished run sweeps away
+(`remove_orphaned_temps`).
 Actors write videos and records directly; the driver writes the index and summary. Nothing depends on the
 driver's local disk.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -31,9 +34,14 @@ def open_fs(uri: str) -> tuple[pafs.FileSystem, str]:
     return fs, root.rstrip("/") or "/"
 
 
+TEMP_MARK = ".tmp-"
+STALE_TEMP_S = 24 * 3600  # a write takes seconds: a temp object this old belongs to no live writer
+
+
 @dataclass
 class Store:
     uri: str
+    writer_tag: str = "w"  # names this writer's temp objects, so that its run can find the ones a killed actor left
 
     def __post_init__(self):
         self.fs, self.root = open_fs(self.uri)
@@ -63,13 +71,34 @@ class Store:
         """Write `data` atomically: to a unique temp object beside the target, then rename over it."""
         final = self.path(relpath)
         self._ensure_dir(final)
-        tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp = f"{final}{TEMP_MARK}{self.writer_tag}-{uuid.uuid4().hex[:8]}"
         with self.fs.open_output_stream(tmp) as f:
             f.write(data)
         if self._local:
             with open(tmp, "rb+") as fh:  # durable before the rename makes it visible
                 os.fsync(fh.fileno())
         self.fs.move(tmp, final)
+
+    def remove_orphaned_temps(self, now: float | None = None) -> int:
+        """Delete the temp objects that writers killed mid-write left behind: those of this store's writer tag (call
+        only once every writer sharing the tag has stopped) and any older than STALE_TEMP_S. Returns how many."""
+        now = time.time() if now is None else now
+        mine = f"{TEMP_MARK}{self.writer_tag}-"
+        removed = 0
+        for top in ("videos", "records", "index"):
+            sel = pafs.FileSelector(self.path(top), recursive=True, allow_not_found=True)
+            for info in self.fs.get_file_info(sel):
+                name = posixpath.basename(info.path)
+                if info.type != pafs.FileType.File or TEMP_MARK not in name:
+                    continue
+                stale = info.mtime is not None and now - info.mtime.timestamp() > STALE_TEMP_S
+                if mine in name or stale:
+                    try:
+                        self.fs.delete_file(info.path)
+                        removed += 1
+                    except FileNotFoundError:  # its writer finished the rename after all
+                        pass
+        return removed
 
     def upload_file(self, local_file: str, relpath: str) -> None:
         with open(local_file, "rb") as f:

@@ -50,12 +50,12 @@ def describe_runtime(cfg_yaml: str) -> dict:
 
 
 class RenderWorker:
-    def __init__(self, cfg_yaml: str, out_uri: str, runtime: dict, name: str = "worker"):
+    def __init__(self, cfg_yaml: str, out_uri: str, runtime: dict, name: str = "worker", writer_tag: str = "w"):
         import torch
 
         self.cfg = OmegaConf.create(cfg_yaml)
         self.runtime = dict(runtime)
-        self.store = Store(out_uri)
+        self.store = Store(out_uri, writer_tag=writer_tag)  # the run's tag: the driver sweeps its killed writes' temps
         self.name = name
         self.pipeline = None
         self.gpu_lock = threading.Lock()
