@@ -42,11 +42,11 @@ def test_a_finished_run_sweeps_the_temp_files_its_killed_writers_left_and_no_one
     (tmp_path / "records/ab").mkdir(parents=True)
     (tmp_path / "records/ab/abd.json.tmp-run1-4567abcd").write_bytes(b"{")
     (tmp_path / "videos/ab/abe.mp4.tmp-run2-89abcdef").write_bytes(b"another run, still writing")
-    stale = tmp_path / "videos/ab/abf.mp4.tmp-run0-00000000"
-    stale.write_bytes(b"a run killed yesterday")
-    os.utime(stale, (0, 0))
+    for stale in (tmp_path / "videos/ab/abf.mp4.tmp-run0-00000000", tmp_path / "summary.json.tmp-run0-11111111"):
+        stale.write_bytes(b"a run killed yesterday")
+        os.utime(stale, (0, 0))
 
-    assert run.remove_orphaned_temps() == 3
+    assert run.remove_orphaned_temps() == 4
     assert sorted(p.name for p in (tmp_path / "videos/ab").iterdir()) == ["abc.mp4", "abe.mp4.tmp-run2-89abcdef"]
-    assert list((tmp_path / "records/ab").iterdir()) == []
+    assert list((tmp_path / "records/ab").iterdir()) == [] and not (tmp_path / "summary.json.tmp-run0-11111111").exists()
     assert other.read_bytes("videos/ab/abc.mp4") == b"done"

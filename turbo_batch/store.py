@@ -85,19 +85,17 @@ class Store:
         now = time.time() if now is None else now
         mine = f"{TEMP_MARK}{self.writer_tag}-"
         removed = 0
-        for top in ("videos", "records", "index"):
-            sel = pafs.FileSelector(self.path(top), recursive=True, allow_not_found=True)
-            for info in self.fs.get_file_info(sel):
-                name = posixpath.basename(info.path)
-                if info.type != pafs.FileType.File or TEMP_MARK not in name:
-                    continue
-                stale = info.mtime is not None and now - info.mtime.timestamp() > STALE_TEMP_S
-                if mine in name or stale:
-                    try:
-                        self.fs.delete_file(info.path)
-                        removed += 1
-                    except FileNotFoundError:  # its writer finished the rename after all
-                        pass
+        for info in self.fs.get_file_info(pafs.FileSelector(self.root, recursive=True, allow_not_found=True)):
+            name = posixpath.basename(info.path)
+            if info.type != pafs.FileType.File or TEMP_MARK not in name:
+                continue
+            stale = info.mtime is not None and now - info.mtime.timestamp() > STALE_TEMP_S
+            if mine in name or stale:
+                try:
+                    self.fs.delete_file(info.path)
+                    removed += 1
+                except FileNotFoundError:  # its writer finished the rename after all
+                    pass
         return removed
 
     def upload_file(self, local_file: str, relpath: str) -> None:
