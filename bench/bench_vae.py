@@ -1,14 +1,14 @@
 """Wan2.1 VAE decode benchmark on one GPU: turbo_batch's WanVAE vs diffusers' AutoencoderKLWan, same weights.
 
-Real-size VAE (base_dim 96), random bf16 weights (speed does not depend on their values). diffusers' model
-holds the SAME weight tensors (ours renamed by `to_diffusers_state_dict`), so agreement is checked first
-(relative L2 of the decoded video), then each decode is timed with CUDA events (warmup 1, median of 3) with
-its peak memory. Our model is timed in its default channels-last layout, then with one switch flipped at a time
-(`SWITCHED_VARIANTS`: the segmented norm kernel, the Triton 96-channel conv, the same with the residual blocks'
-norms and residual adds in its epilogues, the upsamplers in the official order (nearest 2x, then the 3x3 conv)
-instead of the sub-pixel conv, its norms and conv biases as torch ops instead of the fused passes
-(kernels/vae_elementwise.py), a fresh time-padded buffer for every causal conv and chunk), and in plain NCDHW.
-cuDNN autotuning stays off (heuristic algorithm choice is deterministic). Run from the repository root:
+Real-size VAE (base_dim 96), random bf16 weights (speed does not depend on their values). diffusers' model holds the
+SAME weight tensors (ours renamed by `to_diffusers_state_dict`), so agreement is checked first (relative L2 of the
+decoded video), then each decode is timed with CUDA events (warmup 1, median of 3) with its peak memory. Our model
+is timed in its default channels-last layout, then with one switch flipped at a time (`SWITCHED_VARIANTS`, each also
+compared with the default decode's frames: the segmented norm kernel, the Triton 96-channel conv, the same with the
+residual blocks' norms and residual adds in its epilogues, the upsamplers in the official order (nearest 2x, then
+the 3x3 conv) instead of the sub-pixel conv, its norms and conv biases as torch ops instead of the fused passes
+(kernels/vae_elementwise.py), a fresh time-padded buffer for every causal conv and chunk), and in plain NCDHW. cuDNN
+autotuning stays off (heuristic algorithm choice is deterministic). Run from the repository root:
 
     python bench/bench_vae.py                 # 480p, 81 frames: latent [1,16,21,60,104]
     python bench/bench_vae.py --res 720p      # latent [1,16,21,90,160]
@@ -155,14 +155,20 @@ def main() -> None:
         rows.append((res, "decode", "ours (channels-last)", shape, ms, gib, err))
         if args.profile:
             profile(ours_decode)
+        default_video = ours_decode()
         for label, module, switch in SWITCHED_VARIANTS:  # each: one module switch flipped, timed, flipped back
             default = getattr(module, switch)
             setattr(module, switch, not default)
             try:
                 ms, gib = time_ms(ours_decode, args.warmup, args.iters)
+                video = ours_decode()
+                same = "same bits" if torch.equal(video, default_video) else f"{rel_l2(video, default_video):.2e}"
+                print(f"{res} {label}: {ms:.1f} ms, against the default decode: {same}")
+                del video
             finally:
                 setattr(module, switch, default)
             rows.append((res, "decode", label, shape, ms, gib, err))
+        del default_video
         ours.channels_last = False
         ms, gib = time_ms(ours_decode, args.warmup, args.iters)
         rows.append((res, "decode", "ours (NCDHW)", shape, ms, gib, err))
