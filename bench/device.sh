@@ -28,9 +28,10 @@ for s in "$@"; do
     vae-pending) step vae-norm-variants 150 python bench/experiments/vae_norm_variants.py
                  step tests-vae 200 python -m pytest -q -m gpu --no-header -p no:cacheprovider tests/test_vae_elementwise.py tests/test_vae.py tests/test_conv3d.py
                  step vae-switches 200 python bench/bench_vae.py --iters 3 --no-diffusers ;;  # session 22's unmeasured switches
-    vae-s23) step vae-switches 150 python bench/bench_vae.py --iters 3 --no-diffusers  # session 23's untimed switches
-             step tests-vae 200 python -m pytest -q -m gpu --no-header -p no:cacheprovider tests/test_vae_elementwise.py tests/test_vae.py tests/test_conv3d.py
-             step vae-norm-variants 150 python bench/experiments/vae_norm_variants.py ;;
+    vae-s23) step vae-switches 150 python bench/bench_vae.py --iters 2 --no-diffusers  # session 23's untimed switches,
+             step tests-vae 130 python -m pytest -q -m gpu --no-header -p no:cacheprovider tests/test_vae_elementwise.py tests/test_vae.py tests/test_conv3d.py
+             ;;                                                # each against the default decode's frames (~5 min)
+    vae-s23-more) step vae-norm-variants 150 python bench/experiments/vae_norm_variants.py ;;
     linear) step linear 180 python bench/bench_linear.py ;;
     norms) step norms 150 python bench/bench_norms.py ;;
     norms14) step norms14 170 python bench/bench_norms.py --shapes 1.3b,14b --budget-s 140 ;;
