@@ -6,6 +6,7 @@ first forward on, the model already quantized), relative error against our bf16 
 quant), attention (SDPA / SLA kernels and router) and other (norms, modulation, RoPE, elementwise).
 
     python bench/bench_forward.py --model 1.3b --res 480p
+    python bench/bench_forward.py --gemms --variants bf16,fp8,sla,fp8+sla,fp8+sla+graph   # the table, one run
 (fp8: the runtime default, which keeps self_attn.o and cross_attn.o/k/v in bf16; fp8-all: every block Linear;
 a `+graph` suffix replays the forward from a CUDA graph, `turbo_batch.models.cuda_graph`, and checks that its bits
 are the eager forward's; `+unfused` turns off the GEMM epilogue fusion (residual adds and the FFN's GELU + quantization inside Triton GEMMs,
@@ -113,6 +114,8 @@ def main():
     ap.add_argument("--no-diffusers", action="store_true")
     ap.add_argument("--prompt-tokens", type=int, default=512,
                     help="rows of the text context (a prompt's umT5 tokens); diffusers gets them zero-padded to 512")
+    ap.add_argument("--gemms", action="store_true",
+                    help="first time this model's GEMMs alone, bf16 against FP8 (bench_linear.py's table), in this run")
     ap.add_argument("--json", default=None)
     ap.add_argument("--top", type=int, default=6, help="kernels listed per variant, by GPU time in one forward")
     args = ap.parse_args()
@@ -123,6 +126,14 @@ def main():
     tokens = x.shape[2] * x.shape[3] * x.shape[4] // 4
     print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | Wan {args.model} {args.res} {args.frames}f "
           f"= {tokens} tokens | SLA topk {args.topk} | prompt of {ctx.shape[1]} tokens")
+    if args.gemms:
+        from bench_linear import gemm_table
+
+        d, f, m = cfg.dim, cfg.ffn_dim, tokens
+        with torch.no_grad():
+            gemm_table(100, [(args.model, "self q/k/v/o, cross q/o", m, d, d), (args.model, "ffn up", m, d, f),
+                             (args.model, "ffn down", m, f, d), (args.model, f"cross k/v ({ctx.shape[1]} text)",
+                                                                ctx.shape[1], d, d)])
     results = []
     refs = {}  # attention backend -> our bf16 output with it (the "bf16" and "sla" variants)
     default_routes = dict(GLUON_DEFAULT)

@@ -43,7 +43,7 @@ for s in "$@"; do
     forward-prompt) step forward-prompt 240 python bench/bench_forward.py --variants fp8+sla,fp8+sla+graph --no-diffusers --prompt-tokens 100 ;;
     pipeline) step pipeline 300 python bench/bench_pipeline.py --attention sla --quant fp8 --json "$OUT/pipeline.json" ;;
     pipeline-dense) step pipeline-dense 300 python bench/bench_pipeline.py --attention dense --quant none --json "$OUT/pipeline_dense.json" ;;
-    forward) step forward 420 python bench/bench_forward.py --json "$OUT/forward.json" ;;
+    forward) step forward 480 python bench/bench_forward.py --gemms --json "$OUT/forward.json" ;;  # the table
     i2v) step i2v 420 python bench/bench_pipeline.py --model wan2.2-i2v-a14b --resolution 720p --attention sla --quant fp8 --no-base ;;
     forward14) step forward14 480 python bench/bench_forward.py --model 14b --res 720p --variants bf16,fp8,fp8+sla --json "$OUT/forward14.json" ;;
     forward14-final) step forward14-final 300 python bench/bench_forward.py --model 14b --res 720p --variants fp8+sla --iters 3 --json "$OUT/forward14.json" ;;
