@@ -94,7 +94,7 @@ class Store:
                 try:
                     self.fs.delete_file(info.path)
                     removed += 1
-                except FileNotFoundError:  # its writer finished the rename after all
+                except OSError:  # renamed by its writer after all, or not ours to delete: housekeeping, never fatal
                     pass
         return removed
 
