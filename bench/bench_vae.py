@@ -36,8 +36,6 @@ RESOLUTIONS = {"480p": (832, 480), "720p": (1280, 720)}  # (width, height), 16:9
 # Decode variants that differ from ours by one module switch: (row label, module, switch flipped from its default)
 SWITCHED_VARIANTS = [
     ("ours (segmented norm)", vae_elementwise, "SEGMENTED_NORM"),
-    ("ours (Triton 96-ch convs)", vae_module, "TRITON_CONV"),
-    ("ours (conv epilogues)", vae_module, "CONV_EPILOGUES"),
     ("ours (upsample, then conv)", vae_module, "SUBPIXEL_UPSAMPLE"),
     ("ours (torch elementwise)", vae_elementwise, "USE_TRITON"),
     ("ours (fresh pad buffers)", vae_module, "REUSE_PADDED_BUFFERS"),

@@ -104,8 +104,7 @@ if triton is not None:
     @triton.jit
     def rms_norm_silu_rows(x, gamma, scale, SILU: tl.constexpr, DTYPE: tl.constexpr, HW: tl.constexpr):
         """The norm of a [ROWS, BLOCK_C] fp32 tile x of DTYPE values (padded lanes 0) times gamma (fp32, rounded to
-        DTYPE), then SiLU, rounded where the reference rounds. Shared with the conv whose epilogue normalizes its
-        own output (kernels/conv3d.py)."""
+        DTYPE), then SiLU, rounded where the reference rounds."""
         return _normalize_silu(x, _inverse_norm(tl.sum(x * x, axis=1), scale), gamma, SILU, False, DTYPE, HW)
 
     @triton.jit
@@ -202,13 +201,13 @@ def _launch(kernel, rows: torch.Tensor, *args, **consts) -> None:
 
 # The segmented norm's launch: a row as NSEG equal segments (`kernels.norms.row_tiling`: 96 = 3 x 32, 192 = 3 x 64,
 # 384 = 3 x 128), NORM_ROWS rows a program, NORM_WARPS warps; fixed (no autotuning). Why: the power-of-two tile
-# computes a third more lanes than C = 96 has, and it runs at ~1 TB/s where the bias + residual pass moves ~3 TB/s
-# (the norm is bound by instructions, not bytes). Compiled offline for sm_90 (`bench/experiments/offline_sass.py
-# vae-norm` / `vae-norm-seg`): 36 SASS instructions a value against 46 (29 with FAST_SILU). Not yet timed on a GPU
-# (session 22's device time ran out: `bash bench/device.sh vae-norm-variants`), so SEGMENTED_NORM is off: on, the
-# row's squares are summed in another order, so frames change (a `turbo_batch.NUMERICS_VERSION` bump).
+# computes a third more lanes than C = 96 has, and it ran at ~1 TB/s where the bias + residual pass moves ~3 TB/s
+# (the norm is bound by instructions, not bytes): 36 SASS instructions a value against 46 compiled offline for sm_90
+# (`bench/experiments/offline_sass.py vae-norm` / `vae-norm-seg`). Measured in a 480p decode on an H100 (session 25,
+# `bench/bench_vae.py --iters 2 --no-diffusers`): 744 against 803 ms. The row's squares are summed in another order
+# than the tile's, so turning it on changed frames (`turbo_batch.NUMERICS_VERSION` 3). False: the power-of-two tile.
 NORM_ROWS, NORM_WARPS = 64, 4
-SEGMENTED_NORM = False
+SEGMENTED_NORM = True
 FAST_SILU = False  # True: the SiLU's division approximate (not torch's IEEE one); the benchmark's switch
 
 

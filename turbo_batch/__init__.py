@@ -7,4 +7,5 @@ __version__ = "0.1.0"
 # reports them as made by another version instead of as mismatches.
 #   1: every version before this counter (their ids carry no version; earlier arithmetic changes went uncounted).
 #   2: the VAE's sub-pixel upsamplers and its attention on SDPA's fused kernel (session 21).
-NUMERICS_VERSION = 2
+#   3: the VAE's RMS norm + SiLU summed over a row in three segments (`vae_elementwise.SEGMENTED_NORM`, session 25).
+NUMERICS_VERSION = 3

@@ -1,4 +1,4 @@
-"""Compile an SLA, norm or VAE conv Triton kernel for sm_90 on a machine without a GPU and summarise its SASS.
+"""Compile an SLA, norm or VAE elementwise Triton kernel for sm_90 on a machine without a GPU and summarise its SASS.
 
     python bench/experiments/offline_sass.py attention   # the fused kernel, production launch
     python bench/experiments/offline_sass.py stats       # the statistics pass
@@ -28,7 +28,7 @@ from triton.compiler import ASTSource
 
 import triton.language as tl
 
-from kernels import conv3d, cross_attention, norms, sla, vae_elementwise
+from kernels import cross_attention, norms, sla, vae_elementwise
 
 KERNELS = {  # name: (kernel, constexprs, launch options, pointer dtypes other than bf16)
     "attention": (sla._sla_attention_kernel,
@@ -65,19 +65,12 @@ KERNELS = {  # name: (kernel, constexprs, launch options, pointer dtypes other t
                      dict(C=96, SEG=32, NSEG=3, ROWS=64, SILU=True, HAS_BIAS=True, FAST_SILU=False, DTYPE=tl.bfloat16,
                           HW=True),
                      dict(num_warps=4, enable_fp_fusion=False), dict(scale="fp32")),
-    # the 96-channel implicit-GEMM conv (kernels/conv3d.py, CONV_LAUNCH[96]); --consts '{"NORM": true}' or
-    # '{"RESIDUAL": true}': with the next norm + SiLU or the residual add in its epilogue (vae.CONV_EPILOGUES)
-    "conv3d": (conv3d._conv3d_kernel,
-               dict(C=96, C_OUT=96, NP=128, HAS_BIAS=True, NORM=False, RESIDUAL=False, BLOCK_M=128, BLOCK_K=32, FT=2,
-                    DTYPE=tl.bfloat16, HW_ROUND=True),
-               dict(num_warps=8, num_stages=3, enable_fp_fusion=True),
-               dict(T="i32", T_PAD="i32", norm_scale="fp32")),
     "vae-bias-residual": (vae_elementwise._bias_residual_kernel,
                           dict(HAS_BIAS=True, DTYPE=tl.bfloat16, HW=True, ROWS=32, BLOCK_C=128),
                           dict(num_warps=4, enable_fp_fusion=False), {}),
 }
-# 16-divisible at the DiT's widths and the VAE's frame sizes: the JIT specialises them, so the loads vectorise
-ROW_LENGTHS = ("C", "HD", "W", "x_batch_stride", "r_batch_stride", "out_batch_stride")
+# 16-divisible at the DiT's widths: the JIT specialises them, so the loads vectorise
+ROW_LENGTHS = ("C", "HD")
 FLOAT_SCALARS = ("qk_scale", "eps_over_len", "inv_len", "eps")
 OPCODE = re.compile(r"^\s+/\*([0-9a-f]+)\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_.]+)(.*)$")
 

@@ -30,8 +30,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.conv3d import causal_conv3d_triton, frames_layout_ok, pack_weight
-from kernels.conv3d import supported as triton_conv_supports
 from kernels.vae_elementwise import bias_residual_add_, rms_norm_silu, uses_kernels
 
 from .checkpoints import load_strict, materialize_, random_init_, read_state_dict
@@ -50,27 +48,15 @@ FOLD_CONV_BIAS = True
 # Upsamplers run their nearest-2x + 3x3 conv as one 2x2 conv over the low-resolution frames (`subpixel_weight`):
 # the same sums over the same pixels, 16/36 of the FLOPs and no 4x upsampled copy; what changes is one bf16 rounding
 # of the summed weights. False: upsample, then conv, as the official code does (a benchmark switch: its frames are not
-# those of `turbo_batch.NUMERICS_VERSION` 2).
+# those of `turbo_batch.NUMERICS_VERSION` 2 or later).
 SUBPIXEL_UPSAMPLE = True
-
-# The full-resolution 96-channel 3x3x3 convs by kernels/conv3d.py's implicit GEMM instead of cuDNN. Off: measured
-# inside a 480p decode on an H100 (session 22) it is as fast as the kernel cuDNN's mode B heuristic picks (1.88 ms a
-# chunk each, decode 822 vs 819 ms), and its frames would not be `turbo_batch.NUMERICS_VERSION` 2's (another
-# summation order). What it adds over cuDNN is its epilogues: `CONV_EPILOGUES`.
-TRITON_CONV = False
-
-# Where kernels/conv3d.py takes a residual block's convs (the full-resolution 96-channel blocks), they run there with the
-# block's elementwise work in their epilogues: the first conv adds its bias and applies the second norm + SiLU,
-# writing the second conv's input buffer directly, and the second adds its bias and the residual. Each output is then
-# written once instead of written, read and written again by a separate pass (4 frames of 480 x 832 are 300 MB a
-# pass). Not yet timed on a GPU, so off; on, the frames are another summation order's (the Triton conv's).
-CONV_EPILOGUES = False
 
 # Causal convs keep their time-padded input buffer from chunk to chunk and move its last frames to its head: one copy
 # of two frames a conv and chunk instead of two (a copy into a fresh buffer, a clone out of it), for the buffers'
 # memory held between chunks: 2 + t frames a conv instead of 2, counted on the real-size decoder 4.9 against 1.8 GiB
-# at 480p and 11.3 against 4.1 GiB at 720p (the same bits either way: tests/test_vae.py). False: a fresh buffer
-# every chunk, two frames cached.
+# at 480p and 11.3 against 4.1 GiB at 720p (the same bits either way: tests/test_vae.py). Measured in a 480p decode on
+# an H100 (session 25, `bench/bench_vae.py --iters 2 --no-diffusers`): 803 against 820 ms, peak 6.00 against 3.71 GiB
+# above the weights. False: a fresh buffer every chunk, two frames cached (the switch for a tight memory budget).
 REUSE_PADDED_BUFFERS = True
 
 # Per-channel latent statistics of the Wan2.1 VAE (z_dim 16): z = (mu - mean) / std.
@@ -170,23 +156,7 @@ class CausalConv3d(nn.Conv3d):
 
     def convolve(self, buf: torch.Tensor, bias: bool = True) -> torch.Tensor:
         """This conv over a filled time-padded buffer (`padded_buffer`)."""
-        if TRITON_CONV and self.triton_takes(buf):
-            return causal_conv3d_triton(buf, self.weight, self.bias if bias else None, self._packed_weight())
         return self._conv_forward(buf, self.weight, self.bias if bias else None)
-
-    def convolve_into_norm(self, buf: torch.Tensor, out: torch.Tensor, norm: "RMS_norm") -> torch.Tensor:
-        """norm(this conv + its bias) with SiLU, written into `out` by the Triton conv's epilogue (`triton_takes`)."""
-        return causal_conv3d_triton(buf, self.weight, self.bias, self._packed_weight(), out=out, norm_gamma=norm.gamma)
-
-    def convolve_add(self, buf: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """This conv + its bias + residual: by the Triton conv's epilogue where it takes them, else a separate pass."""
-        if self.triton_takes(buf) and frames_layout_ok(residual):
-            return causal_conv3d_triton(buf, self.weight, self.bias, self._packed_weight(), residual=residual)
-        return bias_residual_add_(self.convolve(buf, bias=False), self.bias, residual)
-
-    def triton_takes(self, buf: torch.Tensor) -> bool:
-        """Whether kernels/conv3d.py runs this conv on `buf` (3x3x3, a CONV_LAUNCH width, channels-last, GPU)."""
-        return self._triton_shape() and uses_kernels(buf) and triton_conv_supports(buf, self.weight)
 
     def padded_buffer(self, shape: torch.Size, like: torch.Tensor, cache: CausalCache | None) -> torch.Tensor:
         """The [b, c, time_pad + t, h, w] input buffer of an input of `shape` (like's dtype and device) with its first
@@ -211,13 +181,6 @@ class CausalConv3d(nn.Conv3d):
         else:
             buf[:, :, :pad].copy_(prev[:, :, -pad:])
         return buf
-
-    def _triton_shape(self) -> bool:
-        return self.kernel_size == (3, 3, 3) and self.padding == (0, 1, 1) and self.stride == (1, 1, 1) \
-            and self.dilation == (1, 1, 1) and self.groups == 1
-
-    def _packed_weight(self) -> torch.Tensor:
-        return derived_from(self, "_packed", self.weight, pack_weight)
 
 
 class RMS_norm(nn.Module):
@@ -378,12 +341,6 @@ class ResidualBlock(nn.Module):
         h = self.shortcut(x)
         if FOLD_CONV_BIAS and uses_kernels(x):  # the biases ride in the next passes: norm2 adds conv1's, the sum conv2's
             buf1 = conv1.fill(x, cache, norm1)
-            if CONV_EPILOGUES and conv1.triton_takes(buf1):  # its epilogue: norm2(conv1 + bias) into conv2's buffer
-                b, _, t, height, width = x.shape
-                buf2 = conv2.padded_buffer((b, conv1.out_channels, t, height, width), x, cache)
-                conv1.convolve_into_norm(buf1, buf2[:, :, conv2.time_pad:], norm2)
-                conv2.keep(buf2, cache)
-                return conv2.convolve_add(buf2, h)
             buf2 = conv2.fill(conv1.convolve(buf1, bias=False), cache, norm2, norm_bias=conv1.bias)
             return bias_residual_add_(conv2.convolve(buf2, bias=False), conv2.bias, h)
         x = conv1(x, cache, norm=norm1)
