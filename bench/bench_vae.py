@@ -4,10 +4,10 @@ Real-size VAE (base_dim 96), random bf16 weights (speed does not depend on their
 SAME weight tensors (ours renamed by `to_diffusers_state_dict`), so agreement is checked first (relative L2 of the
 decoded video), then each decode is timed with CUDA events (warmup 1, median of 3) with its peak memory. Our model
 is timed in its default channels-last layout, then with one switch flipped at a time (`SWITCHED_VARIANTS`, each also
-compared with the default decode's frames: the segmented norm kernel, the Triton 96-channel conv, the same with the
-residual blocks' norms and residual adds in its epilogues, the upsamplers in the official order (nearest 2x, then
-the 3x3 conv) instead of the sub-pixel conv, its norms and conv biases as torch ops instead of the fused passes
-(kernels/vae_elementwise.py), a fresh time-padded buffer for every causal conv and chunk), and in plain NCDHW. cuDNN
+compared with the default decode's frames: the norm kernel over a power-of-two tile instead of three segments a row,
+the upsamplers in the official order (nearest 2x, then the 3x3 conv) instead of the sub-pixel conv, its norms and
+conv biases as torch ops instead of the fused passes (kernels/vae_elementwise.py), a fresh time-padded buffer for
+every causal conv and chunk), and in plain NCDHW. cuDNN
 autotuning stays off (heuristic algorithm choice is deterministic). Run from the repository root:
 
     python bench/bench_vae.py                 # 480p, 81 frames: latent [1,16,21,60,104]
@@ -33,12 +33,13 @@ from turbo_batch.models.vae import LATENT_MEAN, LATENT_STD, VAEConfig, WanVAE, r
 RESOLUTIONS = {"480p": (832, 480), "720p": (1280, 720)}  # (width, height), 16:9
 
 
-# Decode variants that differ from ours by one module switch: (row label, module, switch flipped from its default)
+# Decode variants that differ from ours by one module switch, each flipped from its default: (what the switch does
+# when on, module, switch). The row says which way it was flipped.
 SWITCHED_VARIANTS = [
-    ("ours (segmented norm)", vae_elementwise, "SEGMENTED_NORM"),
-    ("ours (upsample, then conv)", vae_module, "SUBPIXEL_UPSAMPLE"),
-    ("ours (torch elementwise)", vae_elementwise, "USE_TRITON"),
-    ("ours (fresh pad buffers)", vae_module, "REUSE_PADDED_BUFFERS"),
+    ("segmented norm", vae_elementwise, "SEGMENTED_NORM"),
+    ("sub-pixel upsamplers", vae_module, "SUBPIXEL_UPSAMPLE"),
+    ("Triton elementwise", vae_elementwise, "USE_TRITON"),
+    ("reused pad buffers", vae_module, "REUSE_PADDED_BUFFERS"),
 ]
 
 
@@ -154,8 +155,9 @@ def main() -> None:
         if args.profile:
             profile(ours_decode)
         default_video = ours_decode()
-        for label, module, switch in SWITCHED_VARIANTS:  # each: one module switch flipped, timed, flipped back
+        for what, module, switch in SWITCHED_VARIANTS:  # each: one module switch flipped, timed, flipped back
             default = getattr(module, switch)
+            label = f"ours ({'no ' if default else ''}{what})"
             setattr(module, switch, not default)
             try:
                 ms, gib = time_ms(ours_decode, args.warmup, args.iters)
@@ -199,11 +201,11 @@ def main() -> None:
 
     print(f"\nWan2.1 VAE, bf16, batch 1, {args.frames} frames, median of {args.iters} (warmup {args.warmup}); "
           f"peak = GiB allocated above the resident weights (0.24 GiB)")
-    print(f"{'res':5} {'op':7} {'impl':26} {'input':22} {'ms':>9} {'peak GiB':>9} {'vs diffusers':>12} {'rel L2':>9}")
+    print(f"{'res':5} {'op':7} {'impl':32} {'input':22} {'ms':>9} {'peak GiB':>9} {'vs diffusers':>12} {'rel L2':>9}")
     for res, op, impl, shape, ms, gib, err in rows:
         ref = next((r[4] for r in rows if r[0] == res and r[1] == op and r[2] == "diffusers"), None)
         ratio = f"{ref / ms:.2f}x" if ref else "-"
-        print(f"{res:5} {op:7} {impl:26} {shape:22} {ms:9.1f} {gib:9.2f} {ratio:>12} {err:>9}")
+        print(f"{res:5} {op:7} {impl:32} {shape:22} {ms:9.1f} {gib:9.2f} {ratio:>12} {err:>9}")
     print("(vs diffusers = diffusers time / this time; > 1 means faster than diffusers)")
 
 
