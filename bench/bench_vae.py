@@ -7,8 +7,8 @@ is timed in its default channels-last layout, then with one switch flipped at a 
 compared with the default decode's frames: the norm kernel over a power-of-two tile instead of three segments a row,
 the upsamplers in the official order (nearest 2x, then the 3x3 conv) instead of the sub-pixel conv, its norms and
 conv biases as torch ops instead of the fused passes (kernels/vae_elementwise.py), a fresh time-padded buffer for
-every causal conv and chunk), and in plain NCDHW. cuDNN
-autotuning stays off (heuristic algorithm choice is deterministic). Run from the repository root:
+every causal conv and chunk), and in plain NCDHW. cuDNN autotuning stays off (heuristic algorithm choice is
+deterministic). Run from the repository root:
 
     python bench/bench_vae.py                 # 480p, 81 frames: latent [1,16,21,60,104]
     python bench/bench_vae.py --res 720p      # latent [1,16,21,90,160]

@@ -35,8 +35,6 @@ for s in "$@"; do
          step pipeline-a 130 python bench/bench_pipeline.py --no-base --json "$OUT/pipeline_a.json"  # the segmented norm's
          step pipeline-b 130 python bench/bench_pipeline.py --no-base --json "$OUT/pipeline_b.json"  # frames, two processes
          step vae720 120 python bench/bench_vae.py --res 720p --iters 1 --no-diffusers ;;          # memory per switch
-    s25-min) step tests-s25 120 python -m pytest -q -m gpu --no-header -p no:cacheprovider tests/test_vae_parity_diffusers.py tests/test_vae.py tests/test_pipeline.py
-             step pipeline-a 110 python bench/bench_pipeline.py --no-base --json "$OUT/pipeline_a.json" ;;  # ~4 min
     s25-tests) step tests-s25 80 python -m pytest -q -m gpu --no-header -p no:cacheprovider tests/test_vae_parity_diffusers.py tests/test_vae.py ;;
     linear) step linear 180 python bench/bench_linear.py ;;
     norms) step norms 150 python bench/bench_norms.py ;;

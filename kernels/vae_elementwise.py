@@ -102,12 +102,6 @@ if triton is not None:
         return y
 
     @triton.jit
-    def rms_norm_silu_rows(x, gamma, scale, SILU: tl.constexpr, DTYPE: tl.constexpr, HW: tl.constexpr):
-        """The norm of a [ROWS, BLOCK_C] fp32 tile x of DTYPE values (padded lanes 0) times gamma (fp32, rounded to
-        DTYPE), then SiLU, rounded where the reference rounds."""
-        return _normalize_silu(x, _inverse_norm(tl.sum(x * x, axis=1), scale), gamma, SILU, False, DTYPE, HW)
-
-    @triton.jit
     def _rms_norm_silu_kernel(X, GAMMA, BIAS, OUT, n_rows, C, stride_xp, stride_op, scale,
                               SILU: tl.constexpr, HAS_BIAS: tl.constexpr, DTYPE: tl.constexpr, HW: tl.constexpr,
                               ROWS: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -117,7 +111,7 @@ if triton is not None:
             b = _round_fp32(tl.load(BIAS + cols, mask=cmask, other=0.0).to(tl.float32), DTYPE, HW)
             x = _round_fp32(x + b[None, :], DTYPE, HW)
         gamma = _round_fp32(tl.load(GAMMA + cols, mask=cmask, other=0.0).to(tl.float32), DTYPE, HW)
-        y = rms_norm_silu_rows(x, gamma, scale, SILU, DTYPE, HW)
+        y = _normalize_silu(x, _inverse_norm(tl.sum(x * x, axis=1), scale), gamma, SILU, False, DTYPE, HW)  # pads: 0
         tl.store(OUT + rows[:, None] * stride_op + cols[None, :], y.to(DTYPE), mask=mask)
 
     @triton.jit

@@ -56,7 +56,8 @@ SUBPIXEL_UPSAMPLE = True
 # memory held between chunks: 2 + t frames a conv instead of 2, counted on the real-size decoder 4.9 against 1.8 GiB
 # at 480p and 11.3 against 4.1 GiB at 720p (the same bits either way: tests/test_vae.py). Measured in a 480p decode on
 # an H100 (session 25, `bench/bench_vae.py --iters 2 --no-diffusers`): 803 against 820 ms, peak 6.00 against 3.71 GiB
-# above the weights. False: a fresh buffer every chunk, two frames cached (the switch for a tight memory budget).
+# above the weights; at 720p 1682 against 1721 ms, 13.8 against 8.6 GiB. False: a fresh buffer every chunk, two
+# frames cached (the switch for a tight memory budget).
 REUSE_PADDED_BUFFERS = True
 
 # Per-channel latent statistics of the Wan2.1 VAE (z_dim 16): z = (mu - mean) / std.
@@ -145,14 +146,9 @@ class CausalConv3d(nn.Conv3d):
             buf[:, :, self.time_pad:].copy_(x)
         else:
             norm(x, silu=True, out=buf[:, :, self.time_pad:], bias=norm_bias)
-        self.keep(buf, cache)
-        return buf
-
-    def keep(self, buf: torch.Tensor, cache: CausalCache | None) -> None:
-        """Cache what the next chunk needs of a filled buffer: the buffer itself (`REUSE_PADDED_BUFFERS`) or a copy of
-        its last time_pad frames (less memory held between chunks)."""
-        if cache is not None:
+        if cache is not None:  # what the next chunk needs: the buffer itself, or a copy of its last frames
             cache.frames[self] = buf if REUSE_PADDED_BUFFERS else buf[:, :, -self.time_pad:].clone()
+        return buf
 
     def convolve(self, buf: torch.Tensor, bias: bool = True) -> torch.Tensor:
         """This conv over a filled time-padded buffer (`padded_buffer`)."""
@@ -160,8 +156,8 @@ class CausalConv3d(nn.Conv3d):
 
     def padded_buffer(self, shape: torch.Size, like: torch.Tensor, cache: CausalCache | None) -> torch.Tensor:
         """The [b, c, time_pad + t, h, w] input buffer of an input of `shape` (like's dtype and device) with its first
-        time_pad frames filled: zeros before the clip starts, else the previous chunk's last input frames. The
-        caller fills the rest, then `keep`s it.
+        time_pad frames filled: zeros before the clip starts, else the previous chunk's last input frames. `fill`
+        fills the rest and caches it.
 
         Why: the previous chunk's buffer is reused in place when this chunk has its shape, its trailing frames moved
         to its head (one copy of two frames; a fresh buffer costs a copy into it and a clone out of the last one).
