@@ -18,9 +18,12 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from turbo_batch.config import cuda_process_env, load_config  # noqa: E402
+
+os.environ.update(cuda_process_env(load_config()))  # the allocator setting the renderer's actors run with
+
 import torch  # noqa: E402
 
-from turbo_batch.config import load_config  # noqa: E402
 from turbo_batch.models.dit_checkpoints import random_dit  # noqa: E402
 from turbo_batch.models.dit import DiTConfig  # noqa: E402
 from turbo_batch.models.loader import ModelBundle  # noqa: E402

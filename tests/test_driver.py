@@ -19,7 +19,7 @@ ray = pytest.importorskip("ray")
 
 from turbo_batch.config import load_config  # noqa: E402
 from turbo_batch.demo import demo_image  # noqa: E402
-from turbo_batch.driver import render  # noqa: E402
+from turbo_batch.driver import actor_runtime_env, render  # noqa: E402
 from turbo_batch.store import Store  # noqa: E402
 
 OVERRIDES = ["runtime.attention=dense", "render.max_retries=2"]
@@ -195,3 +195,11 @@ def test_a_wrong_column_type_fails_its_rows(cluster, tmp_path):
     assert result.exit_code == 1
     errors = [r["error"] for r in Store(str(tmp_path / "out")).read_index().to_pylist()]
     assert errors == ["seed: column has type string, expected integer"] * 2
+
+
+def test_actors_start_with_the_configured_cuda_allocator_setting(cluster, monkeypatch):
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    probe = ray.remote(lambda: __import__("os").environ.get("PYTORCH_CUDA_ALLOC_CONF"))  # by value: no test import
+    env = actor_runtime_env(load_config(OVERRIDES))
+    assert ray.get(probe.options(num_cpus=0, runtime_env=env).remote()) == "expandable_segments:True"
+    assert actor_runtime_env(load_config(OVERRIDES + ["render.cuda_alloc_conf=null"])) is None

@@ -11,6 +11,8 @@ from omegaconf import DictConfig, OmegaConf
 
 CONF_DIR = Path(os.environ.get("TURBO_BATCH_CONF", Path(__file__).resolve().parent.parent / "conf"))
 
+ALLOC_CONF_ENV = "PYTORCH_CUDA_ALLOC_CONF"
+
 ASPECT_RATIOS = ("16:9", "9:16", "4:3", "3:4", "1:1")
 
 
@@ -80,6 +82,18 @@ def resolve_runtime(cfg: DictConfig) -> dict:
     rt["fp8_keep_bf16"] = list(keep)
     # quant=fp8 on CPU is allowed: the float32 emulation of the FP8 numerics (tests); it is not fast
     return rt
+
+
+def cuda_process_env(cfg: DictConfig, environ=os.environ) -> dict[str, str]:
+    """Environment variables a GPU process of this run starts with (before it imports torch).
+
+    Only `render.cuda_alloc_conf` as PYTORCH_CUDA_ALLOC_CONF, and only where the job's own environment does not
+    already set one: a user's allocator setting wins. It changes where blocks live, never a frame's bits.
+    """
+    value = cfg.render.get("cuda_alloc_conf")
+    if not value or ALLOC_CONF_ENV in environ:
+        return {}
+    return {ALLOC_CONF_ENV: str(value)}
 
 
 def preset_value(preset: DictConfig, cfg: DictConfig, key: str):

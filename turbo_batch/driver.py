@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 from omegaconf import DictConfig, OmegaConf
 
+from .config import cuda_process_env
 from .manifest import ManifestRow, passthrough_columns, read_image_bytes, read_manifest, validate
 from .params import render_key
 from .progress import ProgressReporter
@@ -130,6 +131,12 @@ def _task(row: ManifestRow, base_dir: str, attempt: int) -> dict:
             "attempt": attempt, "row": row.index, "id": row.id}
 
 
+def actor_runtime_env(cfg: DictConfig) -> dict | None:
+    """The actors' Ray runtime_env: their process environment (`config.cuda_process_env`), set before torch loads."""
+    env = cuda_process_env(cfg)
+    return {"env_vars": env} if env else None
+
+
 def _dispatch(todo: list[ManifestRow], cfg, cfg_yaml, out_uri, runtime, n_actors, gpus_per_actor, cpus_per_actor,
               manifest_uri, progress: ProgressReporter, store: Store, table, rows, records: dict) -> list[dict]:
     """Render `todo` on the actor pool; `records` (key -> record) is updated with every result as it arrives."""
@@ -138,7 +145,7 @@ def _dispatch(todo: list[ManifestRow], cfg, cfg_yaml, out_uri, runtime, n_actors
     base_dir = os.path.dirname(os.path.abspath(manifest_uri)) if "://" not in manifest_uri else manifest_uri.rsplit("/", 1)[0]
     depth = 1 + max(1, int(cfg.render.encode_workers))  # one row on the GPU, the others encoding
     Actor = ray.remote(RenderWorker).options(num_gpus=gpus_per_actor, num_cpus=cpus_per_actor, max_concurrency=depth,
-                                             max_restarts=0)
+                                             max_restarts=0, runtime_env=actor_runtime_env(cfg))
     queues: dict[str, collections.deque] = collections.defaultdict(collections.deque)
     for r in todo:  # rows grouped by model, in manifest order within a model
         queues[r.params.model].append((r, 1))

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from .config import load_config, resolve_runtime
+from .config import cuda_process_env, load_config, resolve_runtime
 from .manifest import decode_image, read_image_bytes, read_manifest
 from .params import RenderParams, preset_for, render_key
 from .store import Store
@@ -149,6 +149,7 @@ def _other_runtime(theirs: str | None, here: str) -> str:
 
 def check_renders(store: Store, rows: list[dict], cfg: DictConfig, *, force: bool = False, log=print) -> tuple[list[Check], str]:
     """Re-render `rows` in this process and compare frames_sha256; one Check per row."""
+    os.environ.update(cuda_process_env(cfg))  # as the actors render (effective unless CUDA is already in use here)
     import torch
 
     from .models.loader import weights_id
