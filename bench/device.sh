@@ -24,18 +24,6 @@ for s in "$@"; do
     vae-passes) step vae-passes 150 python bench/bench_vae.py --norms --no-diffusers ;;
     vae-layers) step vae-layers 150 python bench/experiments/vae_layer_times.py ;;
     vae-norm-variants) step vae-norm-variants 150 python bench/experiments/vae_norm_variants.py ;;
-    vae-pending) step vae-norm-variants 150 python bench/experiments/vae_norm_variants.py
-                 step tests-vae 200 python -m pytest -q -m gpu --no-header -p no:cacheprovider tests/test_vae_elementwise.py tests/test_vae.py
-                 step vae-switches 200 python bench/bench_vae.py --iters 3 --no-diffusers ;;  # session 22's unmeasured switches
-    vae-s23) step vae-switches 150 python bench/bench_vae.py --iters 2 --no-diffusers  # session 23's untimed switches,
-             step tests-vae 130 python -m pytest -q -m gpu --no-header -p no:cacheprovider tests/test_vae_elementwise.py tests/test_vae.py
-             ;;                                                # each against the default decode's frames (~5 min)
-    vae-s23-more) step vae-norm-variants 150 python bench/experiments/vae_norm_variants.py ;;
-    s25) step tests-s25 200 python -m pytest -q -m gpu --no-header -p no:cacheprovider tests/test_vae_elementwise.py tests/test_vae.py tests/test_vae_parity_diffusers.py tests/test_pipeline.py
-         step pipeline-a 130 python bench/bench_pipeline.py --no-base --json "$OUT/pipeline_a.json"  # the segmented norm's
-         step pipeline-b 130 python bench/bench_pipeline.py --no-base --json "$OUT/pipeline_b.json"  # frames, two processes
-         step vae720 120 python bench/bench_vae.py --res 720p --iters 1 --no-diffusers ;;          # memory per switch
-    s25-tests) step tests-s25 80 python -m pytest -q -m gpu --no-header -p no:cacheprovider tests/test_vae_parity_diffusers.py tests/test_vae.py ;;
     linear) step linear 180 python bench/bench_linear.py ;;
     norms) step norms 150 python bench/bench_norms.py ;;
     norms14) step norms14 170 python bench/bench_norms.py --shapes 1.3b,14b --budget-s 140 ;;
@@ -47,6 +35,7 @@ for s in "$@"; do
     forward-prompt) step forward-prompt 240 python bench/bench_forward.py --variants fp8+sla,fp8+sla+graph --no-diffusers --prompt-tokens 100 ;;
     pipeline) step pipeline 300 python bench/bench_pipeline.py --attention sla --quant fp8 --json "$OUT/pipeline.json" ;;
     pipeline-dense) step pipeline-dense 300 python bench/bench_pipeline.py --attention dense --quant none --json "$OUT/pipeline_dense.json" ;;
+    forward-fast) step forward-fast 200 python bench/bench_forward.py --variants fp8+sla,fp8+sla+graph --no-diffusers --iters 5 ;;
     forward) step forward 480 python bench/bench_forward.py --gemms --json "$OUT/forward.json" ;;  # the issue's table
     i2v) step i2v 420 python bench/bench_pipeline.py --model wan2.2-i2v-a14b --resolution 720p --attention sla --quant fp8 --no-base ;;
     forward14) step forward14 480 python bench/bench_forward.py --model 14b --res 720p --variants bf16,fp8,fp8+sla --json "$OUT/forward14.json" ;;
