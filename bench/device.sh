@@ -39,6 +39,7 @@ for s in "$@"; do
     forward) step forward 480 python bench/bench_forward.py --gemms --json "$OUT/forward.json" ;;  # the table
     i2v) step i2v 420 python bench/bench_pipeline.py --model wan2.2-i2v-a14b --resolution 720p --attention sla --quant fp8 --no-base ;;
     forward14) step forward14 480 python bench/bench_forward.py --model 14b --res 720p --variants bf16,fp8,fp8+sla --json "$OUT/forward14.json" ;;
+    clocks) step clocks 120 python bench/experiments/clocks_under_load.py ;;
     forward14-final) step forward14-final 300 python bench/bench_forward.py --model 14b --res 720p --variants fp8+sla --iters 3 --json "$OUT/forward14.json" ;;
     tests-fp8) step tests-fp8 300 python -m pytest -q -m gpu --no-header -p no:cacheprovider tests/test_dit_fast_path.py tests/test_fp8_linear.py ;;
     forward14-keep) step forward14-keep 480 python bench/bench_forward.py --model 14b --res 720p --variants fp8+sla,fp8-all+sla --no-diffusers --iters 3 --json "$OUT/forward14.json" ;;
